@@ -1,0 +1,18 @@
+"""hope-hf: Google Research's Nested Learning "Hope" architecture as Hugging Face transformers classes.
+
+Importing the package registers `HopeConfig` (model_type "hope") with AutoConfig, and the models with AutoModel and
+AutoModelForCausalLM.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+from .cache_hope import HopeCache
+from .configuration_hope import PRESETS, HopeConfig
+from .modeling_hope import HopeForCausalLM, HopeModel, HopePreTrainedModel
+
+AutoConfig.register("hope", HopeConfig, exist_ok=True)
+AutoModel.register(HopeConfig, HopeModel, exist_ok=True)
+AutoModelForCausalLM.register(HopeConfig, HopeForCausalLM, exist_ok=True)
+
+__version__ = "0.1.0"
+__all__ = ["HopeConfig", "HopeModel", "HopeForCausalLM", "HopePreTrainedModel", "HopeCache", "PRESETS"]

@@ -1,0 +1,165 @@
+"""`HopeCache`: the per-sequence fast state of every Hope layer, carried between forward/generate calls.
+
+Hub-facing file: imports only torch/transformers and siblings with single-dot relative imports.
+"""
+
+import torch
+from transformers import Cache
+
+
+def tree_map(fn, tree):
+    """Apply `fn` to every tensor of a nested dict/list/tuple (None stays None)."""
+    if tree is None:
+        return None
+    if isinstance(tree, dict):
+        return {k: tree_map(fn, v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(tree_map(fn, v) for v in tree)
+    return fn(tree) if isinstance(tree, torch.Tensor) else tree
+
+
+class HopeLayerState:
+    """Fast state of one layer: the Titans memories (read and running weights, momentum, conv tail) and each CMS
+    level's fast weights, pending gradient sum, pending input and commit counter. Batch dimension first."""
+
+    is_compileable = False
+    is_croppable = False
+    supports_early_init = False
+    is_sliding = False
+
+    def __init__(self):
+        self.state = None
+        self.is_initialized = False
+
+    def _map(self, fn):
+        self.state = tree_map(fn, self.state)
+
+    def reorder_cache(self, beam_idx):
+        self._map(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_repeat_interleave(self, repeats):
+        self._map(lambda t: t.repeat_interleave(repeats, 0))
+
+    def batch_select_indices(self, indices):
+        self._map(lambda t: t[indices, ...])
+
+    def reset(self):
+        self.state, self.is_initialized = None, False
+
+    def crop(self, max_length):
+        if max_length != 0:
+            raise ValueError("HopeCache holds recurrent memory state and cannot be cropped; re-run from a saved copy")
+
+    def offload(self):
+        pass
+
+    def prefetch(self):
+        pass
+
+    def get_max_length(self):
+        return -1
+
+    def get_seq_length(self):
+        return 0
+
+
+class HopeCache(Cache):
+    """Fast state of a Hope model for a batch of sequences (design.md §4).
+
+    `get_seq_length()` is the number of input positions consumed (what `generate` slices with); the model-level
+    part (`model_state`) holds the per-sample count of real tokens, the pending teach-signal input (the final
+    hidden state of the last consumed token, waiting for the next token) and its validity mask."""
+
+    is_compileable = False
+
+    def __init__(self, config=None, num_layers=None):
+        n = num_layers if num_layers is not None else config.num_hidden_layers
+        super().__init__(layers=[HopeLayerState() for _ in range(n)])
+        self.seen_tokens = 0
+        self.model_state = None
+        self.config_signature = None if config is None else signature(config)
+
+    # -- the transformers Cache surface
+    def get_seq_length(self, layer_idx=0):
+        return self.seen_tokens
+
+    def get_max_cache_shape(self, layer_idx=0):
+        return -1
+
+    def get_mask_sizes(self, *args, **kwargs):
+        return self.seen_tokens, 0
+
+    @property
+    def is_sliding(self):
+        return [False] * len(self.layers)
+
+    def _model_map(self, fn):
+        self.model_state = tree_map(fn, self.model_state)
+
+    def reorder_cache(self, beam_idx):
+        for layer in self.layers:
+            layer.reorder_cache(beam_idx)
+        self._model_map(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_repeat_interleave(self, repeats):
+        for layer in self.layers:
+            layer.batch_repeat_interleave(repeats)
+        self._model_map(lambda t: t.repeat_interleave(repeats, 0))
+
+    def batch_select_indices(self, indices):
+        for layer in self.layers:
+            layer.batch_select_indices(indices)
+        self._model_map(lambda t: t[indices, ...])
+
+    def crop(self, max_length):
+        if max_length < 0:
+            max_length = self.seen_tokens + max_length
+        if max_length != self.seen_tokens:
+            raise ValueError(
+                f"HopeCache cannot be cropped to {max_length} tokens (it has consumed {self.seen_tokens}): the memory "
+                "state is recurrent. Keep a copy.deepcopy of the cache from before the tokens you want to drop.")
+
+    def reset(self):
+        for layer in self.layers:
+            layer.reset()
+        self.seen_tokens = 0
+        self.model_state = None
+
+    def detach_(self):
+        """Cut the autograd graph of the carried state (truncated BPTT between training segments)."""
+        for layer in self.layers:
+            layer._map(lambda t: t.detach())
+        self._model_map(lambda t: t.detach())
+        return self
+
+    # -- Hope-specific
+    @property
+    def is_empty(self):
+        return self.model_state is None
+
+    def get_state(self, layer_idx):
+        return self.layers[layer_idx].state
+
+    def set_state(self, layer_idx, state):
+        self.layers[layer_idx].state = state
+        self.layers[layer_idx].is_initialized = True
+
+    def cms_update_counts(self):
+        """Commits made so far by every CMS level: a LongTensor [num_layers, num_levels, batch]."""
+        if self.model_state is None:
+            raise ValueError("the cache is empty: run a forward pass with it first")
+        count = self.model_state["count"]
+        empty = torch.zeros(0, count.shape[0], dtype=torch.long, device=count.device)
+        return torch.stack([torch.stack([lvl["commits"] for lvl in layer.state["cms"]]) if layer.state["cms"]
+                            else empty for layer in self.layers])
+
+
+def signature(config):
+    """The config fields that fix the shape and meaning of the fast state (a foreign cache is refused)."""
+    keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "memory_hidden_size", "memory_chunk_size",
+            "projection_chunk_size", "cms_chunk_sizes", "cms_intermediate_size", "conv_size", "self_modifying",
+            "use_momentum", "adaptive_query")
+    return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in ((k, getattr(config, k)) for k in keys))
+
+
+__all__ = ["HopeCache", "HopeLayerState", "tree_map"]

@@ -1,0 +1,275 @@
+"""The in-context memories of Hope as pure functions, each with a token-by-token reference twin.
+
+Notation (arXiv 2512.24695 §8, NeurIPS 2025 §3). A memory layer is a matrix W (out x in) that takes one
+step per token t of its chunk:
+
+    S_t = beta_t S_{t-1} + e_t a_t^T                      (Titans Eq. 9-10 momentum; S_t = e_t a_t^T without it)
+    W_t = W_{t-1} (alpha_t I - rho_t a_t a_t^T) + S_t      (arXiv Eq. 88: DGD with retention alpha_t)
+
+where a_t is the layer's own input, e_t = -eta_t * delta_t is its back-propagated inner-loss error scaled by
+the learning rate (the gradient eta_t * delta_t a_t^T is taken at the chunk-start state, Eq. 90-91), and
+rho_t = eta_t with DGD (0 for the plain gradient step). `dgd_step` is that equation for one token (the
+reference); `dgd_chunk` gives the chunk-end state of C steps at once with one C x C triangular solve (the
+WY / UT form of the delta rule), no loop over tokens.
+
+Masked (padding or already-consumed) positions have e=0, rho=0, alpha=1, beta=1: they leave W and S untouched.
+"""
+
+import torch
+import torch.nn.functional as F
+
+
+# ----------------------------------------------------------------------------------------- one matrix layer
+
+
+def dgd_step(W, S, a, grad, eta, rho, alpha, beta=None):
+    """Reference: one token of arXiv Eq. 88 with Titans momentum (Eq. 9-10), written literally.
+
+        S_t = beta_t S_{t-1} - eta_t grad_t          (S_t = -eta_t grad_t without momentum)
+        W_t = W_{t-1} (alpha_t I - rho_t a_t a_t^T) + S_t
+
+    W, S, grad: [..., out, in]; a: [..., in]; eta, rho, alpha, beta: [...]. Returns (W_t, S_t)."""
+    S = -eta[..., None, None] * grad + (0 if beta is None else beta[..., None, None] * S)
+    Wa = (W @ a.unsqueeze(-1)).squeeze(-1)
+    W = alpha[..., None, None] * W - rho[..., None, None] * (Wa.unsqueeze(-1) * a.unsqueeze(-2)) + S
+    return W, S
+
+
+def _decay_matrix(log_cum):
+    """L[t, i] = exp(log_cum[t] - log_cum[i]) for i <= t, else 0.  log_cum: [..., C]."""
+    C = log_cum.shape[-1]
+    tril = torch.ones(C, C, dtype=torch.bool, device=log_cum.device).tril()
+    diff = log_cum.unsqueeze(-1) - log_cum.unsqueeze(-2)
+    return torch.exp(diff.masked_fill(~tril, float("-inf")))
+
+
+def _shift_down(x, dim):
+    """Row t of the result is row t-1 of x (row 0 is zero) along `dim` (-1 for vectors, -2 for matrices)."""
+    pad = [0, 0] * (-dim - 1) + [1, 0]
+    return F.pad(x, pad).narrow(dim, 0, x.shape[dim])
+
+
+def dgd_chunk(W0, S0, A, E, rho, log_alpha, log_beta=None):
+    """C steps of `dgd_step` at once, for rank-one gradients grad_t = delta_t a_t^T: returns (W_C, S_C).
+
+    E holds e_t = -eta_t delta_t (zero at masked positions).
+
+    W0, S0: [..., out, in]; A: [..., C, in]; E: [..., C, out]; rho, log_alpha, log_beta: [..., C].
+    `rho=None` drops the DGD term (plain gradient step); `log_beta=None` means no momentum.
+    With b_t = prod_{j<=t} alpha_j, B_t = prod_{j<=t} beta_j and y_t = W_{t-1} a_t, unrolling gives
+        W_t = b_t W0 + c_t S0 + sum_{j<=t} G[t,j] e_j a_j^T - sum_{i<=t} (b_t/b_i) rho_i y_i a_i^T
+    with G = Lb @ LB (Lb[t,i] = b_t/b_i, LB[i,j] = B_i/B_j) and c = Lb @ B. Multiplying W_{t-1} by a_t makes
+    the y_t a unit lower-triangular system (I + (Lb_prev o K) diag(rho)) Y = R with K = A A^T: one solve.
+    """
+    C = A.shape[-2]
+    la = torch.cumsum(log_alpha, -1)
+    Lb = _decay_matrix(la)                                      # b_t / b_i, i <= t
+    if log_beta is None:
+        G, c = Lb, None
+    else:
+        lB = torch.cumsum(log_beta, -1)
+        LB = _decay_matrix(lB)
+        G = Lb @ LB
+        c = (Lb @ torch.exp(lB).unsqueeze(-1)).squeeze(-1)      # c_t = sum_{i<=t} (b_t/b_i) B_i
+    W = torch.exp(la[..., -1])[..., None, None] * W0 + (E * G[..., -1, :].unsqueeze(-1)).transpose(-1, -2) @ A
+    if c is not None:
+        W = W + c[..., -1, None, None] * S0
+    if rho is not None:
+        K = A @ A.transpose(-1, -2)
+        b_prev = torch.exp(la - log_alpha)                      # b_{t-1}
+        R = b_prev.unsqueeze(-1) * (A @ W0.transpose(-1, -2)) + (_shift_down(G, -2) * K) @ E
+        if c is not None:
+            R = R + _shift_down(c, -1).unsqueeze(-1) * (A @ S0.transpose(-1, -2))
+        eye = torch.eye(C, dtype=A.dtype, device=A.device)
+        T = eye + _shift_down(Lb, -2) * K * rho.unsqueeze(-2)   # b_{t-1}/b_i rho_i a_i.a_t, i < t
+        T = T.expand(*R.shape[:-2], C, C)
+        Y = torch.linalg.solve_triangular(T, R, upper=False, unitriangular=True)
+        W = W - (Y * (Lb[..., -1, :] * rho).unsqueeze(-1)).transpose(-1, -2) @ A
+    if log_beta is None:
+        S = E[..., -1, :].unsqueeze(-1) * A[..., -1, :].unsqueeze(-2)
+    else:
+        S = torch.exp(lB[..., -1])[..., None, None] * S0 + (E * LB[..., -1, :].unsqueeze(-1)).transpose(-1, -2) @ A
+    return W, S
+
+
+# ------------------------------------------------------------------- the residual 2-layer MLP memory (Eq. 89)
+
+
+def mlp_memory(W1, W2, z):
+    """M(z) = z + W1 silu(W2 z) (arXiv Eq. 89). W1: [..., d, h]; W2: [..., h, d]; z: [..., T, d]."""
+    return z + F.silu(z @ W2.transpose(-1, -2)) @ W1.transpose(-1, -2)
+
+
+def memory_errors(W1, W2, k, vhat, objective="l2"):
+    """Closed-form inner-loss gradients of M at keys k, targets vhat: returns (h, delta1, delta2).
+
+    L = 1/2 ||M(k) - vhat||^2 ("l2", Eq. 88/93) or -<M(k), vhat> ("dot", Eq. 92). The gradient is
+    delta1 h^T for W1 (input h = silu(W2 k)) and delta2 k^T for W2."""
+    pre = k @ W2.transpose(-1, -2)
+    h = F.silu(pre)
+    if objective == "l2":
+        r = k + h @ W1.transpose(-1, -2) - vhat
+    else:
+        r = -vhat.expand(*pre.shape[:-1], vhat.shape[-1])
+    sig = torch.sigmoid(pre)
+    return h, r, (r @ W1) * (sig * (1 + pre * (1 - sig)))
+
+
+def _inner_loss(W1, W2, k, vhat, objective):
+    out = mlp_memory(W1, W2, k)
+    return 0.5 * (out - vhat).pow(2).sum() if objective == "l2" else -(out * vhat).sum()
+
+
+def init_memory_state(W1, W2, batch_size, momentum):
+    """Fast state of a memory group from its meta-learned initial state M_0 (slow parameters [H, n, ...])."""
+    W1 = W1.unsqueeze(0).expand(batch_size, *W1.shape)
+    W2 = W2.unsqueeze(0).expand(batch_size, *W2.shape)
+    state = {"W1": W1, "W2": W2, "W1r": W1, "W2r": W2}
+    if momentum:
+        state["S1"] = torch.zeros_like(W1)
+        state["S2"] = torch.zeros_like(W2)
+    return state
+
+
+def _chunks(T, offset, size):
+    """Column ranges [f, f_end) of a span whose column 0 sits at phase `offset` of the chunk grid."""
+    cuts = [0] + [f for f in range(1, T) if (offset + f) % size == 0] + [T]
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
+def _masked_gates(eta, alpha, beta, mask):
+    """Per-token gates [B, H, 1, c], neutral (eta=0, alpha=beta=1) at masked positions."""
+    m = mask[:, None, None, :]
+    eta = torch.where(m, eta.unsqueeze(2), torch.zeros_like(eta.unsqueeze(2)))
+    log_alpha = torch.where(m, torch.log(alpha).unsqueeze(2), torch.zeros_like(eta))
+    log_beta = None if beta is None else torch.where(m, torch.log(beta)[None, :, None, None], torch.zeros_like(eta))
+    return eta, log_alpha, log_beta
+
+
+def memory_update(state, k, vhat, eta, alpha, beta, mask, objective, use_dgd, reference=False):
+    """Write tokens [k, vhat] into a memory group; reads/gradients use the chunk-start state (W1r, W2r).
+
+    state tensors: [B, H, n, ...]; k: [B, H, 1, c, d]; vhat: [B, H, n, c, d]; eta, alpha: [B, H, c]; beta: [H]
+    or None; mask: [B, c]. The fast path uses `dgd_chunk`; the reference steps token by token with `dgd_step`
+    and autograd gradients of the inner loss (Eq. 88 literally)."""
+    eta_m, log_alpha, log_beta = _masked_gates(eta, alpha, beta, mask)
+    new = dict(state)
+    if not reference:
+        h, d1, d2 = memory_errors(state["W1r"], state["W2r"], k, vhat, objective)
+        rho = eta_m if use_dgd else None
+        E1, E2 = -eta_m.unsqueeze(-1) * d1, -eta_m.unsqueeze(-1) * d2
+        new["W1"], S1 = dgd_chunk(state["W1"], state.get("S1"), h, E1, rho, log_alpha, log_beta)
+        new["W2"], S2 = dgd_chunk(state["W2"], state.get("S2"), k, E2, rho, log_alpha, log_beta)
+        if beta is not None:
+            new["S1"], new["S2"] = S1, S2
+        return new
+    with torch.enable_grad():
+        # fresh aliases: the gradient is taken w.r.t. M only where M is applied to k (vhat is a fixed target)
+        W1r, W2r = (w.view_as(w) if w.requires_grad else w.detach().requires_grad_()
+                    for w in (state["W1r"], state["W2r"]))
+        for t in range(k.shape[-2]):
+            kt, vt = k[..., t:t + 1, :], vhat[..., t:t + 1, :]
+            g1, g2 = torch.autograd.grad(_inner_loss(W1r, W2r, kt, vt, objective), (W1r, W2r), create_graph=True)
+            h = F.silu(kt @ W2r.transpose(-1, -2))[..., 0, :]
+            e, la = eta_m[..., t], log_alpha[..., t]
+            a, rho = torch.exp(la), (e if use_dgd else torch.zeros_like(e))
+            b = None if log_beta is None else torch.exp(log_beta[..., t])
+            new["W1"], S1 = dgd_step(new["W1"], new.get("S1"), h, g1, e, rho, a, b)
+            new["W2"], S2 = dgd_step(new["W2"], new.get("S2"), kt[..., 0, :], g2, e, rho, a, b)
+            if beta is not None:
+                new["S1"], new["S2"] = S1, S2
+    return new
+
+
+def _commit_reads(state, complete):
+    """Samples that finished a chunk read from the new state from now on (A1: t' = C floor((t-1)/C))."""
+    c = complete[:, None, None, None, None]
+    return {**state, "W1r": torch.where(c, state["W1"], state["W1r"]), "W2r": torch.where(c, state["W2"], state["W2r"])}
+
+
+def _column_ranges(T, offset, chunk, reference):
+    return [(f, f + 1) for f in range(T)] if reference else _chunks(T, offset, chunk)
+
+
+def projection_memories(params, state, u, mask, offset, cfg, reference=False):
+    """Self-modifying k, v, q, eta, alpha memories (arXiv Eq. 87-88, 94, 97), chunk size C_p.
+
+    u: memory input stream [B, H, T, d]; mask: [B, T] real tokens; offset: phase of column 0 on the chunk grid.
+    params: W1, W2 ([H, n, d, h] / [H, n, h, d], memories ordered k, v, eta, alpha[, q]), eta_w/alpha_w [H, d],
+    eta_b/alpha_b [H], beta [H] or None. Each memory reads x_t and writes (k_t, M_box(v_t)) with its own
+    chunk-start state. Returns (k, v, q or None, eta, alpha, new_state); k and q are L2-normalised."""
+    chunk, eta_max = cfg["projection_chunk_size"], cfg["memory_lr_max"]
+    outs = []
+    for f, f_end in _column_ranges(u.shape[2], offset, chunk, reference):
+        x = u[:, :, None, f:f_end]
+        r = mlp_memory(state["W1r"], state["W2r"], x)                            # [B, H, n, c, d]
+        k, v = F.normalize(r[:, :, 0], dim=-1), r[:, :, 1]
+        alpha = torch.sigmoid((r[:, :, 3] * params["alpha_w"][:, None]).sum(-1) + params["alpha_b"][:, None])
+        eta = eta_max * torch.sigmoid((r[:, :, 2] * params["eta_w"][:, None]).sum(-1) + params["eta_b"][:, None])
+        eta = torch.minimum(eta, (1 + alpha) / 2)                               # |alpha - 2 eta| <= 1 (A6)
+        q = F.normalize(r[:, :, 4], dim=-1) if r.shape[2] > 4 else None
+        vhat = mlp_memory(state["W1r"], state["W2r"], v.unsqueeze(2))           # self-generated values (Eq. 87)
+        state = memory_update(state, k.unsqueeze(2), vhat, eta, alpha, params["beta"], mask[:, f:f_end],
+                              cfg["memory_objective"], cfg["use_dgd"], reference)
+        state = _commit_reads(state, ((offset + f_end) % chunk == 0) & mask[:, f_end - 1])
+        outs.append((k, v, q, eta, alpha))
+    k, v, q, eta, alpha = (None if o[0] is None else torch.cat(o, dim=-2 if o[0].dim() == 4 else -1)
+                           for o in zip(*outs))
+    return k, v, q, eta, alpha, state
+
+
+def output_memory(params, state, k, v, q, eta, alpha, mask, offset, cfg, reference=False):
+    """The memory M_memory (arXiv Eq. 86/88/94-95), chunk size C_m: o_t = M(q_t) read before the write.
+
+    k, v, q: [B, H, T, d]; eta, alpha: [B, H, T]. With self-modification the target is M(v_t) (Eq. 87), else v_t
+    (plain Titans). Returns (o [B, H, T, d], new_state)."""
+    chunk = cfg["memory_chunk_size"]
+    outs = []
+    for f, f_end in _column_ranges(q.shape[2], offset, chunk, reference):
+        W1r, W2r = state["W1r"], state["W2r"]
+        o = mlp_memory(W1r, W2r, q[:, :, None, f:f_end])[:, :, 0]
+        vc = v[:, :, None, f:f_end]
+        vhat = mlp_memory(W1r, W2r, vc) if cfg["self_modifying"] else vc
+        state = memory_update(state, k[:, :, None, f:f_end], vhat, eta[..., f:f_end], alpha[..., f:f_end],
+                              params["beta"], mask[:, f:f_end], cfg["memory_objective"], cfg["use_dgd"], reference)
+        state = _commit_reads(state, ((offset + f_end) % chunk == 0) & mask[:, f_end - 1])
+        outs.append(o)
+    return torch.cat(outs, dim=2), state
+
+
+# ------------------------------------------------------------------ Continuum Memory System (NeurIPS Eq. 30-31)
+
+
+def cms_mlp(theta, x):
+    """One CMS level's SiLU-gated MLP. theta = (W_gate [.., I, D], W_up [.., I, D], W_down [.., D, I])."""
+    Wg, Wu, Wd = theta
+    return (F.silu(x @ Wg.transpose(-1, -2)) * (x @ Wu.transpose(-1, -2))) @ Wd.transpose(-1, -2)
+
+
+def cms_grad(theta, x, u):
+    """sum_t grad_theta <MLP_theta(x_t), u_t> in closed form, per sample (NeurIPS Eq. 31's f for one chunk).
+
+    x, u: [B, T, D] (u = 0 where a position has no teach signal). Returns per-sample (dW_gate, dW_up, dW_down)."""
+    Wg, Wu, Wd = theta
+    a, b = x @ Wg.transpose(-1, -2), x @ Wu.transpose(-1, -2)
+    sig = torch.sigmoid(a)
+    s = a * sig
+    g = u @ Wd                                                                   # W_down^T u_t
+    dgate = g * b * sig * (1 + a * (1 - sig))                                     # through silu'(a)
+    return (dgate.transpose(-1, -2) @ x, (g * s).transpose(-1, -2) @ x, u.transpose(-1, -2) @ (s * b))
+
+
+def cms_grad_reference(theta, x, u):
+    """Reference for `cms_grad`: autograd of the inner objective, one token at a time."""
+    B = x.shape[0]
+    with torch.enable_grad():
+        th = tuple(w.expand(B, *w.shape[-2:]) for w in theta)
+        if not th[0].requires_grad:
+            th = tuple(w.detach().requires_grad_() for w in th)
+        total = None
+        for t in range(x.shape[1]):
+            obj = (cms_mlp(th, x[:, t:t + 1]) * u[:, t:t + 1]).sum()
+            g = torch.autograd.grad(obj, th, create_graph=True, allow_unused=True)
+            g = tuple(torch.zeros_like(w) if gi is None else gi for gi, w in zip(g, th))
+            total = g if total is None else tuple(a + b for a, b in zip(total, g))
+    return total

@@ -1,0 +1,510 @@
+"""Hope (Nested Learning, arXiv 2512.24695 §8): self-modifying Titans followed by a Continuum Memory System.
+
+Hub-facing file: imports only torch/transformers and siblings with single-dot relative imports.
+
+Forward pass layout (design.md §3-4). Each sample's real tokens are placed on a per-sample "frame" whose column
+phase equals the sample's token count modulo the smallest CMS chunk, so chunk and CMS boundaries line up for every
+sample whatever its padding or the split of the sequence across calls. The frame is processed span by span (one span
+= the smallest CMS chunk): all layers for the span, then the final norm, logits and the CMS teach signals, then the
+CMS commits of the levels whose chunk ended. That span loop is the only loop over the sequence in the fast path.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import DynamicCache, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.utils import ModelOutput
+
+from .cache_hope import HopeCache, signature
+from .configuration_hope import HopeConfig
+from .memory_hope import (cms_grad, cms_grad_reference, cms_mlp, init_memory_state, output_memory,
+                          projection_memories)
+
+
+def rms_norm(x, weight, eps):
+    """RMSNorm computed in float32."""
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * weight
+
+
+class HopeRMSNorm(nn.Module):
+    def __init__(self, size, eps=1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x):
+        return rms_norm(x, self.weight, self.eps)
+
+
+def causal_conv(x, mask, tail, weight):
+    """Depthwise causal conv over each row's real tokens (contiguous in the frame), continuing from `tail`.
+
+    x: [B, S, D]; mask: [B, S]; tail: [B, K-1, D] (the previous K-1 inputs); weight: [D, K]. Returns (y, tail)."""
+    B, S, D = x.shape
+    K = weight.shape[-1]
+    n = mask.sum(1)
+    lo = torch.where(n > 0, mask.int().argmax(1), torch.zeros_like(n))
+    cols = torch.arange(S, device=x.device)
+    packed = x.gather(1, (lo[:, None] + cols).clamp(max=S - 1)[..., None].expand(B, S, D))
+    packed = packed * (cols[None] < n[:, None])[..., None]
+    ext = torch.cat([tail.to(x.dtype), packed], 1)                                # [B, K-1+S, D]
+    y = F.conv1d(ext.transpose(1, 2), weight.unsqueeze(1), groups=D).transpose(1, 2)
+    new_tail = ext.gather(1, (n[:, None] + torch.arange(K - 1, device=x.device))[..., None].expand(B, K - 1, D))
+    y = y.gather(1, (cols[None] - lo[:, None]).clamp(min=0)[..., None].expand(B, S, D)) * mask[..., None]
+    return y, new_tail
+
+
+class HopeSelfModifyingMemory(nn.Module):
+    """Self-modifying Titans (arXiv Eq. 86-89, 94-95, 97) with a causal conv, output norm and SiLU gate."""
+
+    def __init__(self, config: HopeConfig):
+        super().__init__()
+        D, H, d, h = config.hidden_size, config.num_attention_heads, config.head_dim, config.memory_hidden_size
+        self.config = config
+        self.norm = HopeRMSNorm(D, config.rms_norm_eps)
+        self.in_proj = nn.Linear(D, D, bias=False)
+        self.conv_weight = nn.Parameter(torch.zeros(D, config.conv_size))
+        if config.self_modifying:
+            n = 5 if config.adaptive_query else 4                        # k, v, eta, alpha[, q]
+            self.bank_W1 = nn.Parameter(torch.zeros(H, n, d, h))          # meta-learned initial states M_box,0
+            self.bank_W2 = nn.Parameter(torch.zeros(H, n, h, d))
+            self.eta_w = nn.Parameter(torch.zeros(H, d))
+            self.eta_b = nn.Parameter(torch.zeros(H))
+            self.alpha_w = nn.Parameter(torch.zeros(H, d))
+            self.alpha_b = nn.Parameter(torch.zeros(H))
+            if config.use_momentum:
+                self.bank_beta_logit = nn.Parameter(torch.zeros(H))
+            if not config.adaptive_query:
+                self.q_proj = nn.Linear(D, D, bias=False)
+        else:
+            self.qkv_proj = nn.Linear(D, 3 * D, bias=False)
+            self.gate_logits = nn.Linear(D, 2 * H, bias=True)               # eta, alpha per head
+        self.mem_W1 = nn.Parameter(torch.zeros(H, 1, d, h))
+        self.mem_W2 = nn.Parameter(torch.zeros(H, 1, h, d))
+        if config.use_momentum:
+            self.mem_beta_logit = nn.Parameter(torch.zeros(H))
+        self.out_norm_weight = nn.Parameter(torch.ones(d))
+        self.gate_proj = nn.Linear(D, D, bias=False)
+        self.out_proj = nn.Linear(D, D, bias=False)
+
+    def _fn_config(self):
+        c = self.config
+        return {"projection_chunk_size": c.projection_chunk_size, "memory_chunk_size": c.memory_chunk_size,
+                "memory_lr_max": c.memory_lr_max, "memory_objective": c.memory_objective, "use_dgd": c.use_dgd,
+                "self_modifying": c.self_modifying}
+
+    def init_state(self, batch_size, device, dtype):
+        c = self.config
+        state = {"conv": torch.zeros(batch_size, c.conv_size - 1, c.hidden_size, device=device, dtype=dtype),
+                 "mem": init_memory_state(self.mem_W1, self.mem_W2, batch_size, c.use_momentum)}
+        if c.self_modifying:
+            state["bank"] = init_memory_state(self.bank_W1, self.bank_W2, batch_size, c.use_momentum)
+        return state
+
+    def forward(self, x, state, mask, offset, reference=False):
+        c = self.config
+        B, S, D = x.shape
+        H, d = c.num_attention_heads, c.head_dim
+        xn = self.norm(x)
+        z, conv_tail = causal_conv(self.in_proj(xn), mask, state["conv"], self.conv_weight)
+        u = F.silu(z)
+        heads = lambda t: t.view(B, S, H, d).transpose(1, 2)                        # noqa: E731
+        fn_cfg = self._fn_config()
+        new_state = {"conv": conv_tail}
+        if c.self_modifying:
+            params = {"W1": self.bank_W1, "W2": self.bank_W2, "eta_w": self.eta_w, "eta_b": self.eta_b,
+                      "alpha_w": self.alpha_w, "alpha_b": self.alpha_b,
+                      "beta": torch.sigmoid(self.bank_beta_logit) if c.use_momentum else None}
+            k, v, q, eta, alpha, new_state["bank"] = projection_memories(
+                params, state["bank"], heads(u), mask, offset, fn_cfg, reference)
+            if q is None:
+                q = F.normalize(heads(self.q_proj(u)), dim=-1)
+        else:
+            kk, vv, qq = self.qkv_proj(u).chunk(3, dim=-1)
+            k, v, q = F.normalize(heads(kk), dim=-1), heads(vv), F.normalize(heads(qq), dim=-1)
+            g_eta, g_alpha = self.gate_logits(u).transpose(1, 2).chunk(2, dim=1)      # [B, H, S]
+            alpha = torch.sigmoid(g_alpha)
+            eta = torch.minimum(c.memory_lr_max * torch.sigmoid(g_eta), (1 + alpha) / 2)
+        mem_params = {"beta": torch.sigmoid(self.mem_beta_logit) if c.use_momentum else None}
+        o, new_state["mem"] = output_memory(mem_params, state["mem"], k, v, q, eta, alpha, mask, offset, fn_cfg,
+                                            reference)
+        o = rms_norm(o, self.out_norm_weight, c.rms_norm_eps).transpose(1, 2).reshape(B, S, D)
+        return self.out_proj(o * F.silu(self.gate_proj(xn))), new_state
+
+
+class HopeCMSLevel(nn.Module):
+    """One CMS level (NeurIPS Eq. 30): pre-norm SiLU-gated MLP with a residual. Its weights are the meta-learned
+    initial state theta_0; the in-context fast weights live in the cache (Eq. 31)."""
+
+    def __init__(self, config: HopeConfig):
+        super().__init__()
+        D, I = config.hidden_size, config.cms_intermediate_size
+        self.norm = HopeRMSNorm(D, config.rms_norm_eps)
+        self.gate = nn.Parameter(torch.zeros(I, D))
+        self.up = nn.Parameter(torch.zeros(I, D))
+        self.down = nn.Parameter(torch.zeros(D, I))
+        self.lr_logit = nn.Parameter(torch.zeros(()))                               # eta_l = softplus(lr_logit)
+
+    def theta0(self):
+        return (self.gate, self.up, self.down)
+
+    def forward(self, x, theta):
+        xin = self.norm(x)
+        return x + cms_mlp(theta, xin), xin
+
+
+class HopeBlock(GradientCheckpointingLayer):
+    """arXiv Eq. 94-97: x -> x + SelfModTitans(norm x) -> for each CMS level: x + MLP_l(norm x)."""
+
+    def __init__(self, config: HopeConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.memory = HopeSelfModifyingMemory(config)
+        self.cms = nn.ModuleList(HopeCMSLevel(config) for _ in config.cms_chunk_sizes)
+
+    def init_state(self, batch_size, device, dtype):
+        state = self.memory.init_state(batch_size, device, dtype)
+        state["cms"] = [{"x_pend": torch.zeros(batch_size, lvl.gate.shape[1], device=device, dtype=dtype),
+                         "commits": torch.zeros(batch_size, dtype=torch.long, device=device)} for lvl in self.cms]
+        return state
+
+    def forward(self, hidden, layer_state, mask, offset, reference=False):
+        out, new_state = self.memory(hidden, layer_state, mask, offset, reference)
+        hidden = hidden + out
+        level_inputs = []
+        for lvl, lstate in zip(self.cms, layer_state["cms"]):
+            hidden, xin = lvl(hidden, lstate.get("theta", lvl.theta0()))
+            level_inputs.append(xin)
+        new_state["cms"] = layer_state["cms"]
+        return hidden * mask[..., None], new_state, level_inputs
+
+
+@dataclass
+class HopeModelOutput(ModelOutput):
+    """Base-model output; `logits` is filled when the LM head was needed inside the loop (CMS teach signals)."""
+
+    last_hidden_state: torch.FloatTensor | None = None
+    past_key_values: HopeCache | None = None
+    hidden_states: tuple | None = None
+    logits: torch.FloatTensor | None = None
+
+
+class HopePreTrainedModel(PreTrainedModel):
+    config: HopeConfig
+    config_class = HopeConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["HopeBlock"]
+    _is_stateful = True
+    _supports_cache_class = True
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls):
+        return False                                   # the model builds its own HopeCache
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        std = self.config.initializer_range
+        if isinstance(module, HopeSelfModifyingMemory):
+            c = self.config
+            conv = torch.zeros_like(module.conv_weight)
+            conv[:, -1] = 1.0                                                   # start as the identity
+            init.copy_(module.conv_weight, conv)
+            for W1, W2 in ((getattr(module, "bank_W1", None), getattr(module, "bank_W2", None)),
+                           (module.mem_W1, module.mem_W2)):
+                if W1 is not None:
+                    init.normal_(W2, 0.0, 1.0 / math.sqrt(c.head_dim))
+                    init.normal_(W1, 0.0, 0.5 / math.sqrt(c.memory_hidden_size))
+            if c.self_modifying:
+                init.normal_(module.eta_w, 0.0, std)
+                init.normal_(module.alpha_w, 0.0, std)
+                init.constant_(module.eta_b, -2.0)
+                init.constant_(module.alpha_b, 4.0)
+            else:
+                bias = torch.cat([torch.full((c.num_attention_heads,), -2.0), torch.full((c.num_attention_heads,), 4.0)])
+                init.copy_(module.gate_logits.bias, bias.to(module.gate_logits.bias.device))
+            for name in ("bank_beta_logit", "mem_beta_logit"):
+                if hasattr(module, name):
+                    init.zeros_(getattr(module, name))
+            init.ones_(module.out_norm_weight)
+        elif isinstance(module, HopeCMSLevel):
+            init.normal_(module.gate, 0.0, std)
+            init.normal_(module.up, 0.0, std)
+            init.normal_(module.down, 0.0, std)
+            init.constant_(module.lr_logit, math.log(math.expm1(self.config.cms_lr_init)))
+
+
+def teach_signal(h, norm_weight, eps, W_out, target_rows, logits=None):
+    """u_t = d CE(logits_t, y_{t+1}) / d h_t in closed form through the final RMSNorm and the LM head (detached).
+
+    With g = W_out^T (softmax(logits) - onehot(y)) = W_out^T p - W_out[y] and n = w * h * r, r = rms(h)^-1:
+    u = r (w * g) - (r^3 / D) h sum(w * g * h)."""
+    with torch.no_grad():
+        h = h.detach().float()
+        w = norm_weight.detach().float()
+        W = W_out.detach().float()
+        if logits is None:
+            logits = rms_norm(h, w, eps) @ W.t()
+        g = torch.softmax(logits.detach().float(), -1) @ W - target_rows.detach().float()
+        r = torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+        wg = w * g
+        return (r * wg - (r.pow(3) / h.shape[-1]) * h * (wg * h).sum(-1, keepdim=True)).to(target_rows.dtype)
+
+
+class HopeModel(HopePreTrainedModel):
+    def __init__(self, config: HopeConfig):
+        super().__init__(config)
+        self.padding_idx = config.pad_token_id
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.layers = nn.ModuleList(HopeBlock(config, i) for i in range(config.num_hidden_layers))
+        self.norm = HopeRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.memory_impl = "fast"
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
+
+    def set_memory_impl(self, impl: str):
+        """"fast" (chunk-parallel, default) or "reference" (token-by-token equations; for tests)."""
+        if impl not in ("fast", "reference"):
+            raise ValueError(f"memory_impl must be 'fast' or 'reference', got {impl!r}")
+        self.memory_impl = impl
+
+    # ---------------------------------------------------------------------------------------------- checks
+    def _check_inputs(self, input_ids, inputs_embeds, attention_mask):
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if input_ids is not None:
+            if input_ids.dim() != 2:
+                raise ValueError(f"input_ids must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
+            if input_ids.dtype not in (torch.long, torch.int, torch.int16, torch.uint8):
+                raise TypeError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
+            if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):
+                raise ValueError(f"input_ids must lie in [0, {self.config.vocab_size}); got values in "
+                                 f"[{int(input_ids.min())}, {int(input_ids.max())}]")
+            B, T = input_ids.shape
+        else:
+            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.hidden_size:
+                raise ValueError(f"inputs_embeds must be [batch, seq_len, {self.config.hidden_size}], got "
+                                 f"{tuple(inputs_embeds.shape)}")
+            B, T = inputs_embeds.shape[:2]
+        if attention_mask is not None:
+            if attention_mask.dim() != 2 or attention_mask.shape[0] != B or attention_mask.shape[1] < T:
+                raise ValueError(
+                    f"attention_mask must be [batch={B}, length>={T}] (the new tokens, or past+new tokens); got "
+                    f"{tuple(attention_mask.shape)}")
+        return B, T
+
+    def _resolve_cache(self, past_key_values, use_cache, batch_size):
+        if isinstance(past_key_values, DynamicCache) and past_key_values.get_seq_length() == 0:
+            past_key_values = None
+        if past_key_values is not None and not isinstance(past_key_values, HopeCache):
+            raise TypeError(f"past_key_values must be a HopeCache, got {type(past_key_values).__name__}")
+        if past_key_values is None:
+            return HopeCache(self.config) if use_cache else None
+        if past_key_values.config_signature is not None and past_key_values.config_signature != signature(self.config):
+            raise ValueError("this HopeCache was built for a different Hope config; start a new HopeCache(config)")
+        if len(past_key_values.layers) != self.config.num_hidden_layers:
+            raise ValueError(f"this HopeCache has {len(past_key_values.layers)} layers, the model "
+                             f"{self.config.num_hidden_layers}")
+        if not past_key_values.is_empty and past_key_values.model_state["count"].shape[0] != batch_size:
+            raise ValueError(f"this HopeCache holds {past_key_values.model_state['count'].shape[0]} sequences but the "
+                             f"input has {batch_size}; for beams/num_return_sequences call "
+                             "cache.batch_repeat_interleave(n) first")
+        return past_key_values
+
+    # --------------------------------------------------------------------------------------------- forward
+    def forward(self, input_ids=None, attention_mask=None, past_key_values=None, inputs_embeds=None,
+                use_cache=None, output_hidden_states=None, lm_head_weight=None, return_dict=None, **kwargs):
+        c = self.config
+        B, T = self._check_inputs(input_ids, inputs_embeds, attention_mask)
+        use_cache = use_cache if use_cache is not None else (c.use_cache and not self.training)
+        cache = self._resolve_cache(past_key_values, use_cache or past_key_values is not None, B)
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        device, dtype = inputs_embeds.device, inputs_embeds.dtype
+        W_out = lm_head_weight if lm_head_weight is not None else self.embed_tokens.weight
+        has_cms = len(c.cms_chunk_sizes) > 0
+        if has_cms:
+            if input_ids is not None:
+                target_rows = F.embedding(input_ids, W_out)
+            elif lm_head_weight is None or c.tie_word_embeddings:
+                target_rows = inputs_embeds                  # tied head: W_out[y] is the next input embedding
+            else:
+                raise ValueError("with untied embeddings the CMS teach signal needs input_ids, not inputs_embeds")
+        mask = (attention_mask[:, -T:] != 0) if attention_mask is not None else torch.ones(
+            B, T, dtype=torch.bool, device=device)
+
+        # fast state: from the cache, or fresh from the meta-learned initial states
+        if cache is not None and not cache.is_empty:
+            mstate = dict(cache.model_state)
+            lstates = [cache.get_state(i) for i in range(c.num_hidden_layers)]
+        else:
+            mstate = {"count": torch.zeros(B, dtype=torch.long, device=device),
+                      "h_pend": torch.zeros(B, c.hidden_size, device=device, dtype=dtype),
+                      "pend_valid": torch.zeros(B, dtype=torch.bool, device=device)}
+            lstates = [layer.init_state(B, device, dtype) for layer in self.layers]
+        lstates = [{**s, "cms": [dict(lv) for lv in s["cms"]]} for s in lstates]
+
+        # per-sample frame: real token j of sample b goes to column s_b + j, s_b = phase_b - min phase
+        align = c.span_size or c.memory_chunk_size
+        count = mstate["count"]
+        n_real = mask.sum(1)
+        phase = count % align
+        o = int(phase[n_real > 0].min()) if bool((n_real > 0).any()) else 0
+        s = (phase - o).clamp(min=0)
+        F_len = int((s + n_real).max()) if T else 0
+        idx = torch.where(mask, s[:, None] + mask.cumsum(1) - 1, torch.full_like(mask, F_len, dtype=torch.long))
+        to_frame = lambda t: torch.zeros(B, F_len + 1, *t.shape[2:], device=device, dtype=t.dtype).scatter(  # noqa
+            1, idx.view(B, T, *([1] * (t.dim() - 2))).expand_as(t), t)[:, :F_len]
+        frame = to_frame(inputs_embeds)
+        fmask = to_frame(mask)
+        tgt = to_frame(target_rows) if has_cms else None
+
+        reference = self.memory_impl == "reference"
+        cuts = [0] + ([f for f in range(1, F_len) if (o + f) % c.span_size == 0] if has_cms else []) + [F_len]
+        spans_h, spans_logits, spans_hs = [], [], []
+        for f0, f1 in zip(cuts[:-1], cuts[1:]):
+            m = fmask[:, f0:f1]
+            has = m.any(1)
+            if has_cms:
+                first = m.int().argmax(1)
+                res = mstate["pend_valid"] & has
+                if bool(res.any()):                                  # the pending position gets its next token
+                    u = teach_signal(mstate["h_pend"], self.norm.weight, c.rms_norm_eps, W_out,
+                                     tgt[:, f0:f1].gather(1, first[:, None, None].expand(B, 1, c.hidden_size))[:, 0])
+                    u = u * res[:, None]
+                    self._accumulate(lstates, [[lv["x_pend"][:, None] for lv in st["cms"]] for st in lstates],
+                                     u[:, None], reference)
+                    mstate["pend_valid"] = mstate["pend_valid"] & ~res
+                if (o + f0) % c.span_size == 0:
+                    self._commit(lstates, count + (f0 - s), fmask[:, f0])
+            h = frame[:, f0:f1]
+            if output_hidden_states:
+                hs = [h]
+            level_inputs = []
+            for i, layer in enumerate(self.layers):
+                h, lstates[i], xins = layer(h, lstates[i], m, o + f0, reference)
+                level_inputs.append(xins)
+                if output_hidden_states:
+                    hs.append(h)
+            spans_h.append(h)
+            if output_hidden_states:
+                spans_hs.append(hs)
+            if has_cms:
+                logits = self.norm(h) @ W_out.t()
+                spans_logits.append(logits)
+                both = m[:, :-1] & m[:, 1:]
+                u = teach_signal(h[:, :-1], self.norm.weight, c.rms_norm_eps, W_out, tgt[:, f0 + 1:f1],
+                                 logits[:, :-1]) * both[..., None]
+                u = F.pad(u, (0, 0, 0, 1))
+                self._accumulate(lstates, level_inputs, u, reference)
+                last = (f1 - f0 - 1) - m.flip(1).int().argmax(1)               # last real column of the span
+                pick = lambda t: t.gather(1, last[:, None, None].expand(B, 1, t.shape[-1]))[:, 0]  # noqa: E731
+                sel = has[:, None]
+                mstate["h_pend"] = torch.where(sel, pick(h), mstate["h_pend"])
+                mstate["pend_valid"] = mstate["pend_valid"] | has
+                for st, xins in zip(lstates, level_inputs):
+                    for lv, xin in zip(st["cms"], xins):
+                        lv["x_pend"] = torch.where(sel, pick(xin), lv["x_pend"])
+
+        gather_back = lambda t: torch.cat(t, 1).gather(  # noqa: E731
+            1, idx.clamp(max=max(F_len - 1, 0))[..., None].expand(B, T, t[0].shape[-1])) * mask[..., None]
+        hidden = gather_back(spans_h) if T else inputs_embeds
+        logits = gather_back(spans_logits) if has_cms and T else None
+        all_hidden = None
+        if output_hidden_states and T:
+            all_hidden = tuple(gather_back([hs[i] for hs in spans_hs]) for i in range(c.num_hidden_layers + 1))
+        hidden = self.norm(hidden)
+        mstate["count"] = count + n_real
+        if cache is not None:
+            for i, st in enumerate(lstates):
+                cache.set_state(i, st)
+            cache.model_state = mstate
+            cache.seen_tokens += T
+            if cache.config_signature is None:
+                cache.config_signature = signature(c)
+        return HopeModelOutput(last_hidden_state=hidden, past_key_values=cache, hidden_states=all_hidden,
+                               logits=logits)
+
+    def _accumulate(self, lstates, level_inputs, u, reference):
+        """Add sum_t grad_theta <MLP_theta(x_t), u_t> of the given positions to each level's pending sum."""
+        grad_fn = cms_grad_reference if reference else cms_grad
+        for layer, st, xins in zip(self.layers, lstates, level_inputs):
+            for lvl, lv, xin in zip(layer.cms, st["cms"], xins):
+                g = grad_fn(lv.get("theta", lvl.theta0()), xin, u)
+                lv["grad"] = g if "grad" not in lv else tuple(a + b for a, b in zip(lv["grad"], g))
+
+    def _commit(self, lstates, token_count, real):
+        """NeurIPS Eq. 31: level l steps theta <- theta - eta_l * sum(chunk) when the token count hits C_l."""
+        for layer, st in zip(self.layers, lstates):
+            for C_l, lvl, lv in zip(self.config.cms_chunk_sizes, layer.cms, st["cms"]):
+                do = real & (token_count > 0) & (token_count % C_l == 0)
+                if not bool(do.any()) or "grad" not in lv:
+                    continue
+                theta = lv.get("theta")
+                if theta is None:                                  # materialise lazily at the first commit
+                    B = do.shape[0]
+                    theta = tuple(w.unsqueeze(0).expand(B, *w.shape) for w in lvl.theta0())
+                lr = F.softplus(lvl.lr_logit)
+                sel = do[:, None, None]
+                lv["theta"] = tuple(torch.where(sel, w - lr * g, w) for w, g in zip(theta, lv["grad"]))
+                lv["grad"] = tuple(torch.where(sel, torch.zeros_like(g), g) for g in lv["grad"])
+                lv["commits"] = lv["commits"] + do.long()
+
+
+class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: HopeConfig):
+        super().__init__(config)
+        self.model = HopeModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, value):
+        self.lm_head = value
+
+    def set_memory_impl(self, impl: str):
+        self.model.set_memory_impl(impl)
+
+    def forward(self, input_ids=None, attention_mask=None, past_key_values=None, inputs_embeds=None, labels=None,
+                use_cache=None, output_hidden_states=None, logits_to_keep=0, return_dict=None, **kwargs):
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=past_key_values,
+                         inputs_embeds=inputs_embeds, use_cache=use_cache, output_hidden_states=output_hidden_states,
+                         lm_head_weight=self.lm_head.weight)
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        if out.logits is not None:
+            logits = out.logits[:, keep]
+        else:
+            logits = self.lm_head(out.last_hidden_state[:, keep])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values,
+                                      hidden_states=out.hidden_states)
+
+
+__all__ = ["HopeModel", "HopeForCausalLM", "HopePreTrainedModel", "HopeCache"]
