@@ -22,16 +22,18 @@ import torch.nn.functional as F
 # ----------------------------------------------------------------------------------------- one matrix layer
 
 
-def dgd_step(W, S, a, grad, eta, rho, alpha, beta=None):
+def dgd_step(W, S, a, grad, eta, rho, alpha, beta=None, write=None):
     """Reference: one token of arXiv Eq. 88 with Titans momentum (Eq. 9-10), written literally.
 
         S_t = beta_t S_{t-1} - eta_t grad_t          (S_t = -eta_t grad_t without momentum)
         W_t = W_{t-1} (alpha_t I - rho_t a_t a_t^T) + S_t
 
-    W, S, grad: [..., out, in]; a: [..., in]; eta, rho, alpha, beta: [...]. Returns (W_t, S_t)."""
+    W, S, grad: [..., out, in]; a: [..., in]; eta, rho, alpha, beta, write: [...]. `write` (1 or 0) gates the
+    momentum's addition to W so that a masked position leaves W untouched. Returns (W_t, S_t)."""
     S = -eta[..., None, None] * grad + (0 if beta is None else beta[..., None, None] * S)
     Wa = (W @ a.unsqueeze(-1)).squeeze(-1)
-    W = alpha[..., None, None] * W - rho[..., None, None] * (Wa.unsqueeze(-1) * a.unsqueeze(-2)) + S
+    add = S if write is None else write[..., None, None] * S
+    W = alpha[..., None, None] * W - rho[..., None, None] * (Wa.unsqueeze(-1) * a.unsqueeze(-2)) + add
     return W, S
 
 
@@ -49,13 +51,14 @@ def _shift_down(x, dim):
     return F.pad(x, pad).narrow(dim, 0, x.shape[dim])
 
 
-def dgd_chunk(W0, S0, A, E, rho, log_alpha, log_beta=None):
+def dgd_chunk(W0, S0, A, E, rho, log_alpha, log_beta=None, write=None):
     """C steps of `dgd_step` at once, for rank-one gradients grad_t = delta_t a_t^T: returns (W_C, S_C).
 
     E holds e_t = -eta_t delta_t (zero at masked positions).
 
     W0, S0: [..., out, in]; A: [..., C, in]; E: [..., C, out]; rho, log_alpha, log_beta: [..., C].
-    `rho=None` drops the DGD term (plain gradient step); `log_beta=None` means no momentum.
+    `rho=None` drops the DGD term (plain gradient step); `log_beta=None` means no momentum; `write` [..., C] gates
+    the momentum's addition to W (0 at masked positions).
     With b_t = prod_{j<=t} alpha_j, B_t = prod_{j<=t} beta_j and y_t = W_{t-1} a_t, unrolling gives
         W_t = b_t W0 + c_t S0 + sum_{j<=t} G[t,j] e_j a_j^T - sum_{i<=t} (b_t/b_i) rho_i y_i a_i^T
     with G = Lb @ LB (Lb[t,i] = b_t/b_i, LB[i,j] = B_i/B_j) and c = Lb @ B. Multiplying W_{t-1} by a_t makes
@@ -69,8 +72,9 @@ def dgd_chunk(W0, S0, A, E, rho, log_alpha, log_beta=None):
     else:
         lB = torch.cumsum(log_beta, -1)
         LB = _decay_matrix(lB)
-        G = Lb @ LB
-        c = (Lb @ torch.exp(lB).unsqueeze(-1)).squeeze(-1)      # c_t = sum_{i<=t} (b_t/b_i) B_i
+        Lw = Lb if write is None else Lb * write.unsqueeze(-2)  # b_t/b_i m_i: only written steps add S_i
+        G = Lw @ LB
+        c = (Lw @ torch.exp(lB).unsqueeze(-1)).squeeze(-1)      # c_t = sum_{i<=t} (b_t/b_i) m_i B_i
     W = torch.exp(la[..., -1])[..., None, None] * W0 + (E * G[..., -1, :].unsqueeze(-1)).transpose(-1, -2) @ A
     if c is not None:
         W = W + c[..., -1, None, None] * S0
@@ -158,8 +162,9 @@ def memory_update(state, k, vhat, eta, alpha, beta, mask, objective, use_dgd, re
         h, d1, d2 = memory_errors(state["W1r"], state["W2r"], k, vhat, objective)
         rho = eta_m if use_dgd else None
         E1, E2 = -eta_m.unsqueeze(-1) * d1, -eta_m.unsqueeze(-1) * d2
-        new["W1"], S1 = dgd_chunk(state["W1"], state.get("S1"), h, E1, rho, log_alpha, log_beta)
-        new["W2"], S2 = dgd_chunk(state["W2"], state.get("S2"), k, E2, rho, log_alpha, log_beta)
+        write = mask[:, None, None, :].to(k.dtype)
+        new["W1"], S1 = dgd_chunk(state["W1"], state.get("S1"), h, E1, rho, log_alpha, log_beta, write)
+        new["W2"], S2 = dgd_chunk(state["W2"], state.get("S2"), k, E2, rho, log_alpha, log_beta, write)
         if beta is not None:
             new["S1"], new["S2"] = S1, S2
         return new
@@ -174,8 +179,9 @@ def memory_update(state, k, vhat, eta, alpha, beta, mask, objective, use_dgd, re
             e, la = eta_m[..., t], log_alpha[..., t]
             a, rho = torch.exp(la), (e if use_dgd else torch.zeros_like(e))
             b = None if log_beta is None else torch.exp(log_beta[..., t])
-            new["W1"], S1 = dgd_step(new["W1"], new.get("S1"), h, g1, e, rho, a, b)
-            new["W2"], S2 = dgd_step(new["W2"], new.get("S2"), kt[..., 0, :], g2, e, rho, a, b)
+            w = mask[:, None, None, t].to(k.dtype)
+            new["W1"], S1 = dgd_step(new["W1"], new.get("S1"), h, g1, e, rho, a, b, w)
+            new["W2"], S2 = dgd_step(new["W2"], new.get("S2"), kt[..., 0, :], g2, e, rho, a, b, w)
             if beta is not None:
                 new["S1"], new["S2"] = S1, S2
     return new

@@ -28,8 +28,8 @@ from .memory_hope import (cms_grad, cms_grad_reference, cms_mlp, init_memory_sta
 
 
 def rms_norm(x, weight, eps):
-    """RMSNorm computed in float32."""
-    xf = x.float()
+    """RMSNorm computed in at least float32."""
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))
     return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * weight
 
 
@@ -108,7 +108,7 @@ class HopeSelfModifyingMemory(nn.Module):
             state["bank"] = init_memory_state(self.bank_W1, self.bank_W2, batch_size, c.use_momentum)
         return state
 
-    def forward(self, x, state, mask, offset, reference=False):
+    def forward(self, x, state, mask, offset, reference=False, write=True):
         c = self.config
         B, S, D = x.shape
         H, d = c.num_attention_heads, c.head_dim
@@ -118,12 +118,13 @@ class HopeSelfModifyingMemory(nn.Module):
         heads = lambda t: t.view(B, S, H, d).transpose(1, 2)                        # noqa: E731
         fn_cfg = self._fn_config()
         new_state = {"conv": conv_tail}
+        wmask = mask if write else torch.zeros_like(mask)                        # False: read-only memories
         if c.self_modifying:
             params = {"W1": self.bank_W1, "W2": self.bank_W2, "eta_w": self.eta_w, "eta_b": self.eta_b,
                       "alpha_w": self.alpha_w, "alpha_b": self.alpha_b,
                       "beta": torch.sigmoid(self.bank_beta_logit) if c.use_momentum else None}
             k, v, q, eta, alpha, new_state["bank"] = projection_memories(
-                params, state["bank"], heads(u), mask, offset, fn_cfg, reference)
+                params, state["bank"], heads(u), wmask, offset, fn_cfg, reference)
             if q is None:
                 q = F.normalize(heads(self.q_proj(u)), dim=-1)
         else:
@@ -133,7 +134,7 @@ class HopeSelfModifyingMemory(nn.Module):
             alpha = torch.sigmoid(g_alpha)
             eta = torch.minimum(c.memory_lr_max * torch.sigmoid(g_eta), (1 + alpha) / 2)
         mem_params = {"beta": torch.sigmoid(self.mem_beta_logit) if c.use_momentum else None}
-        o, new_state["mem"] = output_memory(mem_params, state["mem"], k, v, q, eta, alpha, mask, offset, fn_cfg,
+        o, new_state["mem"] = output_memory(mem_params, state["mem"], k, v, q, eta, alpha, wmask, offset, fn_cfg,
                                             reference)
         o = rms_norm(o, self.out_norm_weight, c.rms_norm_eps).transpose(1, 2).reshape(B, S, D)
         return self.out_proj(o * F.silu(self.gate_proj(xn))), new_state
@@ -175,8 +176,8 @@ class HopeBlock(GradientCheckpointingLayer):
                          "commits": torch.zeros(batch_size, dtype=torch.long, device=device)} for lvl in self.cms]
         return state
 
-    def forward(self, hidden, layer_state, mask, offset, reference=False):
-        out, new_state = self.memory(hidden, layer_state, mask, offset, reference)
+    def forward(self, hidden, layer_state, mask, offset, reference=False, write=True):
+        out, new_state = self.memory(hidden, layer_state, mask, offset, reference, write)
         hidden = hidden + out
         level_inputs = []
         for lvl, lstate in zip(self.cms, layer_state["cms"]):
@@ -248,12 +249,11 @@ def teach_signal(h, norm_weight, eps, W_out, target_rows, logits=None):
     With g = W_out^T (softmax(logits) - onehot(y)) = W_out^T p - W_out[y] and n = w * h * r, r = rms(h)^-1:
     u = r (w * g) - (r^3 / D) h sum(w * g * h)."""
     with torch.no_grad():
-        h = h.detach().float()
-        w = norm_weight.detach().float()
-        W = W_out.detach().float()
+        dt = torch.promote_types(h.dtype, torch.float32)
+        h, w, W = h.detach().to(dt), norm_weight.detach().to(dt), W_out.detach().to(dt)
         if logits is None:
             logits = rms_norm(h, w, eps) @ W.t()
-        g = torch.softmax(logits.detach().float(), -1) @ W - target_rows.detach().float()
+        g = torch.softmax(logits.detach().to(dt), -1) @ W - target_rows.detach().to(dt)
         r = torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
         wg = w * g
         return (r * wg - (r.pow(3) / h.shape[-1]) * h * (wg * h).sum(-1, keepdim=True)).to(target_rows.dtype)
@@ -267,6 +267,7 @@ class HopeModel(HopePreTrainedModel):
         self.layers = nn.ModuleList(HopeBlock(config, i) for i in range(config.num_hidden_layers))
         self.norm = HopeRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.memory_impl = "fast"
+        self.in_context_updates = True
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -275,6 +276,11 @@ class HopeModel(HopePreTrainedModel):
 
     def set_input_embeddings(self, value):
         self.embed_tokens = value
+
+    def set_in_context_updates(self, enabled: bool):
+        """Switch the in-context writes (Titans memories and CMS commits) on or off; off, every memory keeps its
+        meta-learned initial state and the model is a fixed network (the ablation baseline for in-context learning)."""
+        self.in_context_updates = bool(enabled)
 
     def set_memory_impl(self, impl: str):
         """"fast" (chunk-parallel, default) or "reference" (token-by-token equations; for tests)."""
@@ -374,12 +380,13 @@ class HopeModel(HopePreTrainedModel):
         tgt = to_frame(target_rows) if has_cms else None
 
         reference = self.memory_impl == "reference"
+        write = self.in_context_updates
         cuts = [0] + ([f for f in range(1, F_len) if (o + f) % c.span_size == 0] if has_cms else []) + [F_len]
         spans_h, spans_logits, spans_hs = [], [], []
         for f0, f1 in zip(cuts[:-1], cuts[1:]):
             m = fmask[:, f0:f1]
             has = m.any(1)
-            if has_cms:
+            if has_cms and write:
                 first = m.int().argmax(1)
                 res = mstate["pend_valid"] & has
                 if bool(res.any()):                                  # the pending position gets its next token
@@ -396,7 +403,7 @@ class HopeModel(HopePreTrainedModel):
                 hs = [h]
             level_inputs = []
             for i, layer in enumerate(self.layers):
-                h, lstates[i], xins = layer(h, lstates[i], m, o + f0, reference)
+                h, lstates[i], xins = layer(h, lstates[i], m, o + f0, reference, write)
                 level_inputs.append(xins)
                 if output_hidden_states:
                     hs.append(h)
@@ -406,6 +413,7 @@ class HopeModel(HopePreTrainedModel):
             if has_cms:
                 logits = self.norm(h) @ W_out.t()
                 spans_logits.append(logits)
+            if has_cms and write:
                 both = m[:, :-1] & m[:, 1:]
                 u = teach_signal(h[:, :-1], self.norm.weight, c.rms_norm_eps, W_out, tgt[:, f0 + 1:f1],
                                  logits[:, :-1]) * both[..., None]
@@ -489,6 +497,9 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
 
     def set_memory_impl(self, impl: str):
         self.model.set_memory_impl(impl)
+
+    def set_in_context_updates(self, enabled: bool):
+        self.model.set_in_context_updates(enabled)
 
     def forward(self, input_ids=None, attention_mask=None, past_key_values=None, inputs_embeds=None, labels=None,
                 use_cache=None, output_hidden_states=None, logits_to_keep=0, return_dict=None, **kwargs):

@@ -1,0 +1,185 @@
+"""The memories' fast chunk-parallel paths against their token-by-token references, and the DGD algebra."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hope_hf.memory_hope import (cms_grad, cms_grad_reference, dgd_chunk, dgd_step, init_memory_state,
+                                 output_memory, projection_memories)
+
+TOL = {torch.float64: 1e-9, torch.float32: 1e-5}
+
+
+def _close(a, b, dtype):
+    assert a.shape == b.shape
+    err = (a - b).abs().max().item()
+    assert err <= TOL[dtype] * max(1.0, b.abs().max().item()), err
+
+
+def _chunk_inputs(dtype, C=7, out=5, inn=4, batch=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
+    return dict(W0=r(batch, out, inn), S0=r(batch, out, inn), A=F.normalize(r(batch, C, inn), dim=-1),
+                E=r(batch, C, out), rho=0.5 * torch.rand(batch, C, generator=g, dtype=dtype),
+                alpha=0.5 + 0.5 * torch.rand(batch, C, generator=g, dtype=dtype),
+                beta=torch.rand(batch, C, generator=g, dtype=dtype))
+
+
+def _loop(x, momentum, dgd):
+    """Eq. 88 token by token, with the rank-one gradient delta_t a_t^T written as a full matrix."""
+    W, S = x["W0"], x["S0"]
+    for t in range(x["A"].shape[1]):
+        a, e = x["A"][:, t], x["E"][:, t]
+        grad = -(e.unsqueeze(-1) * a.unsqueeze(-2))            # eta * grad = -e a^T with eta = 1
+        rho = x["rho"][:, t] if dgd else torch.zeros_like(x["rho"][:, t])
+        W, S = dgd_step(W, S, a, grad, torch.ones_like(rho), rho, x["alpha"][:, t],
+                        x["beta"][:, t] if momentum else None)
+    return W, S
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("momentum", [True, False])
+@pytest.mark.parametrize("dgd", [True, False])
+def test_dgd_chunk_equals_token_loop_with_gradients(dtype, momentum, dgd):
+    x = _chunk_inputs(dtype)
+    for v in x.values():
+        v.requires_grad_(True)
+    W_ref, S_ref = _loop(x, momentum, dgd)
+    W, S = dgd_chunk(x["W0"], x["S0"], x["A"], x["E"], x["rho"] if dgd else None, x["alpha"].log(),
+                     x["beta"].log() if momentum else None)
+    _close(W, W_ref, dtype)
+    if momentum:
+        _close(S, S_ref, dtype)
+    probe = torch.randn_like(W)
+    g_ref = torch.autograd.grad((W_ref * probe).sum(), list(x.values()), allow_unused=True)
+    g = torch.autograd.grad((W * probe).sum(), list(x.values()), allow_unused=True)
+    for a, b in zip(g, g_ref):
+        if b is not None:
+            _close(a if a is not None else torch.zeros_like(b), b, dtype)
+
+
+def test_dgd_step_is_eq88_closed_form_for_a_linear_memory():
+    """Eq. 93: M_t = M_{t-1}(alpha I - eta k k^T) - eta (M k - v) k^T for L = 1/2 ||M k - v||^2."""
+    g = torch.Generator().manual_seed(1)
+    M = torch.randn(4, 4, dtype=torch.float64, generator=g)
+    k = F.normalize(torch.randn(4, dtype=torch.float64, generator=g), dim=0)
+    v = torch.randn(4, dtype=torch.float64, generator=g)
+    eta, alpha = torch.tensor(0.3, dtype=torch.float64), torch.tensor(0.9, dtype=torch.float64)
+    Mr = M.clone().requires_grad_(True)
+    grad, = torch.autograd.grad(0.5 * (Mr @ k - v).pow(2).sum(), Mr)
+    W, _ = dgd_step(M, None, k, grad, eta, eta, alpha)
+    closed = M @ (alpha * torch.eye(4, dtype=torch.float64) - eta * torch.outer(k, k)) - eta * torch.outer(M @ k - v, k)
+    torch.testing.assert_close(W, closed, rtol=0, atol=1e-12)
+    # the chunk form with one token is the same step
+    Wc, _ = dgd_chunk(M[None], torch.zeros(1, 4, 4, dtype=torch.float64), k[None, None], -eta * (M @ k - v)[None, None],
+                      eta[None, None], alpha.log()[None, None])
+    torch.testing.assert_close(Wc[0], closed, rtol=0, atol=1e-12)
+
+
+def test_without_dgd_the_update_is_titans_eq13_14():
+    """use_dgd=False + momentum: M_t = alpha_t M_{t-1} + S_t, S_t = beta_t S_{t-1} - theta_t grad_t (Titans)."""
+    x = _chunk_inputs(torch.float64, seed=2)
+    W, S = x["W0"], x["S0"]
+    for t in range(x["A"].shape[1]):
+        grad = -(x["E"][:, t].unsqueeze(-1) * x["A"][:, t].unsqueeze(-2))
+        S = x["beta"][:, t, None, None] * S - grad
+        W = x["alpha"][:, t, None, None] * W + S
+    Wc, Sc = dgd_chunk(x["W0"], x["S0"], x["A"], x["E"], None, x["alpha"].log(), x["beta"].log())
+    torch.testing.assert_close(Wc, W, rtol=0, atol=1e-10)
+    torch.testing.assert_close(Sc, S, rtol=0, atol=1e-10)
+
+
+def test_dot_objective_without_retention_is_the_delta_rule():
+    """Eq. 92 with alpha = 1, no momentum: M_t = M_{t-1}(I - eta k k^T) + eta v k^T (DeltaNet), for any chunk."""
+    x = _chunk_inputs(torch.float64, seed=3)
+    V, eta = x["E"], x["rho"]
+    M = x["W0"]
+    for t in range(V.shape[1]):
+        k = x["A"][:, t]
+        M = M - eta[:, t, None, None] * (M @ k.unsqueeze(-1)) * k.unsqueeze(-2) \
+            + eta[:, t, None, None] * V[:, t].unsqueeze(-1) * k.unsqueeze(-2)
+    Wc, _ = dgd_chunk(x["W0"], None, x["A"], eta.unsqueeze(-1) * V, eta, torch.zeros_like(eta))
+    torch.testing.assert_close(Wc, M, rtol=0, atol=1e-10)
+
+
+def _memory_setup(dtype, n, objective="l2", momentum=True, seed=0, B=2, H=2, d=4, h=3, T=23):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s, sc=1.0: (sc * torch.randn(*s, generator=g, dtype=dtype)).requires_grad_(True)  # noqa: E731
+    params = dict(W1=r(H, n, d, h, sc=0.3), W2=r(H, n, h, d, sc=0.3), eta_w=r(H, d), eta_b=r(H),
+                  alpha_w=r(H, d), alpha_b=(2 + torch.zeros(H, dtype=dtype)).requires_grad_(True),
+                  beta=torch.sigmoid(r(H)) if momentum else None)
+    u = r(B, H, T, d, sc=0.5)
+    mask = torch.ones(B, T, dtype=torch.bool)
+    mask[1, :5] = False                       # a sample that starts later (left padding / other phase)
+    mask[0, -3:] = False                      # and one that stops earlier
+    return params, u, mask
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("variant", ["default", "no_momentum", "no_dgd", "dot", "fixed_q"])
+def test_projection_and_output_memories_fast_equal_reference(dtype, variant):
+    n = 4 if variant == "fixed_q" else 5
+    momentum = variant != "no_momentum"
+    cfg = dict(projection_chunk_size=4, memory_chunk_size=8, memory_lr_max=0.2,
+               memory_objective="dot" if variant == "dot" else "l2", use_dgd=variant != "no_dgd",
+               self_modifying=True)
+    params, u, mask = _memory_setup(dtype, n, momentum=momentum)
+    mem_W1 = (0.3 * torch.randn(2, 1, 4, 3, dtype=dtype)).requires_grad_(True)
+    mem_W2 = (0.3 * torch.randn(2, 1, 3, 4, dtype=dtype)).requires_grad_(True)
+    mem_params = {"beta": params["beta"]}
+    results = {}
+    for ref in (False, True):
+        st = init_memory_state(params["W1"], params["W2"], 2, momentum)
+        k, v, q, eta, alpha, bank = projection_memories(params, st, u, mask, 3, cfg, reference=ref)
+        if q is None:
+            q = F.normalize(u, dim=-1)
+        mst = init_memory_state(mem_W1, mem_W2, 2, momentum)
+        o, mem = output_memory(mem_params, mst, k, v, q, eta, alpha, mask, 3, cfg, reference=ref)
+        outs = [k, v, q, eta, alpha, o] + [bank[key] for key in sorted(bank)] + [mem[key] for key in sorted(mem)]
+        loss = sum((t * torch.linspace(-1, 1, t.numel(), dtype=dtype).view_as(t)).sum() for t in outs)
+        leaves = [p for p in [*params.values(), u, mem_W1, mem_W2] if p is not None and p.requires_grad]
+        results[ref] = (outs, torch.autograd.grad(loss, leaves, allow_unused=True))
+    for a, b in zip(results[False][0], results[True][0]):
+        _close(a, b, dtype)
+    for a, b in zip(results[False][1], results[True][1]):
+        if b is not None:
+            _close(a, b, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cms_grad_closed_form_equals_autograd_reference(dtype):
+    g = torch.Generator().manual_seed(4)
+    theta = tuple(torch.randn(*s, generator=g, dtype=dtype).requires_grad_(True) for s in ((6, 5), (6, 5), (5, 6)))
+    x = torch.randn(2, 9, 5, generator=g, dtype=dtype, requires_grad=True)
+    u = torch.randn(2, 9, 5, generator=g, dtype=dtype)
+    fast, ref = cms_grad(theta, x, u), cms_grad_reference(theta, x, u)
+    for a, b in zip(fast, ref):
+        _close(a, b, dtype)
+    probe = [torch.randn_like(a) for a in fast]
+    ga = torch.autograd.grad(sum((a * p).sum() for a, p in zip(fast, probe)), [*theta, x])
+    gb = torch.autograd.grad(sum((b * p).sum() for b, p in zip(ref, probe)), [*theta, x])
+    for a, b in zip(ga, gb):
+        _close(a, b, dtype)
+
+
+def test_masked_positions_leave_state_and_momentum_untouched():
+    """A masked step (e=0, rho=0, alpha=beta=1, write=0) must not move W even when the momentum S is non-zero."""
+    x = _chunk_inputs(torch.float64, seed=5)
+    m = torch.ones(3, 7, dtype=torch.float64)
+    m[:, 0] = 0
+    m[1, 3:] = 0
+    E, rho = x["E"] * m[..., None], x["rho"] * m
+    la, lb = x["alpha"].log() * m, x["beta"].log() * m
+    W, S = x["W0"], x["S0"]
+    for t in range(7):
+        grad = -(E[:, t].unsqueeze(-1) * x["A"][:, t].unsqueeze(-2))
+        W, S = dgd_step(W, S, x["A"][:, t], grad, torch.ones_like(rho[:, t]), rho[:, t], la[:, t].exp(),
+                        lb[:, t].exp(), m[:, t])
+    Wc, Sc = dgd_chunk(x["W0"], x["S0"], x["A"], E, rho, la, lb, m)
+    torch.testing.assert_close(Wc, W, rtol=0, atol=1e-10)
+    torch.testing.assert_close(Sc, S, rtol=0, atol=1e-10)
+    # an all-masked chunk is the identity
+    z = torch.zeros_like(m)
+    W0, S0 = dgd_chunk(x["W0"], x["S0"], x["A"], E * 0, rho * 0, z, z, z)
+    torch.testing.assert_close(W0, x["W0"], rtol=0, atol=0)
+    torch.testing.assert_close(S0, x["S0"], rtol=0, atol=0)

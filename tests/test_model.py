@@ -1,0 +1,292 @@
+"""Whole-model contracts: reference == fast, causality, batch independence, streaming, CMS cadence, gradients,
+save/load, and clear errors."""
+
+import copy
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, DynamicCache
+
+import hope_hf  # noqa: F401  (registers the Auto classes)
+from hope_hf import PRESETS, HopeCache, HopeConfig, HopeForCausalLM, HopeModel
+
+
+def small_config(**kw):
+    base = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, memory_hidden_size=8,
+                projection_chunk_size=4, memory_chunk_size=8, cms_chunk_sizes=[16, 32, 128], cms_intermediate_size=32,
+                initializer_range=0.02, cms_lr_init=0.05, memory_lr_max=0.2)
+    return HopeConfig(**{**base, **kw})
+
+
+def make_model(seed=0, dtype=torch.float32, **kw):
+    torch.manual_seed(seed)
+    return HopeForCausalLM(small_config(**kw)).to(dtype)
+
+
+def ids(B, T, seed=1, vocab=64):
+    return torch.randint(3, vocab, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+# ------------------------------------------------------------------------------------------------ config
+
+
+@pytest.mark.parametrize("bad, field", [
+    (dict(hidden_size=30, num_attention_heads=4), "hidden_size"),
+    (dict(hidden_size=0), "hidden_size"),
+    (dict(vocab_size=-1), "vocab_size"),
+    (dict(projection_chunk_size=3), "projection_chunk_size"),
+    (dict(memory_chunk_size=8.0), "memory_chunk_size"),
+    (dict(cms_chunk_sizes=[16, 24]), "cms_chunk_sizes"),
+    (dict(cms_chunk_sizes=[12]), "memory_chunk_size"),
+    (dict(cms_chunk_sizes="16"), "cms_chunk_sizes"),
+    (dict(cms_teach_signal="exact-ish"), "cms_teach_signal"),
+    (dict(memory_objective="cosine"), "memory_objective"),
+    (dict(use_dgd="yes"), "use_dgd"),
+    (dict(memory_lr_max=0.0), "memory_lr_max"),
+    (dict(pad_token_id=64), "pad_token_id"),
+])
+def test_config_rejects_bad_values_naming_the_field(bad, field):
+    with pytest.raises(ValueError, match=field):
+        small_config(**bad)
+
+
+def test_presets_and_registration():
+    assert set(PRESETS) >= {"tiny", "small", "340m", "760m", "1.3b"}
+    cfg = HopeConfig.from_preset("tiny", vocab_size=300)
+    assert cfg.cms_chunk_sizes == [64, 256] and cfg.vocab_size == 300
+    with pytest.raises(ValueError, match="preset"):
+        HopeConfig.from_preset("huge")
+    assert type(AutoConfig.for_model("hope")) is HopeConfig
+    with torch.device("meta"):
+        n = sum(p.numel() for p in HopeForCausalLM(HopeConfig.from_preset("small")).parameters())
+    assert 20e6 <= n <= 40e6
+
+
+# --------------------------------------------------------------------------------- reference == fast path
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_whole_model_fast_equals_token_by_token_reference(dtype):
+    model = make_model(dtype=dtype)
+    x = ids(2, 37)                                     # 37: not a multiple of any chunk size
+    mask = torch.ones_like(x)
+    mask[1, :6] = 0                                    # left padding: per-sample chunk phase
+    results = {}
+    for impl in ("fast", "reference"):
+        model.set_memory_impl(impl)
+        model.zero_grad()
+        out = model(input_ids=x, attention_mask=mask, labels=x.masked_fill(mask == 0, -100), use_cache=True)
+        out.loss.backward()
+        state = out.past_key_values.get_state(1)
+        results[impl] = (out.logits, [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in model.parameters()],
+                         [state["mem"]["W1"], state["bank"]["W2r"], state["cms"][0]["theta"][2],
+                          state["cms"][1]["grad"][0]])
+    tol = 1e-9 if dtype == torch.float64 else 1e-5
+    fast, ref = results["fast"], results["reference"]
+    torch.testing.assert_close(fast[0], ref[0], rtol=tol, atol=tol)
+    for a, b in zip(fast[2], ref[2]):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+    for a, b in zip(fast[1], ref[1]):
+        torch.testing.assert_close(a, b, rtol=tol * 10, atol=tol * 10)
+
+
+# ------------------------------------------------------------------------------- causality and independence
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_whole_model_is_causal_across_chunk_and_cms_boundaries(training):
+    model = make_model()
+    model.train(training)
+    x = ids(2, 70)
+    with torch.set_grad_enabled(training):
+        base = model(input_ids=x).logits
+        for t in (0, 7, 15, 16, 31, 32, 47, 63):
+            for k in (1, 3, 17):
+                if t + k >= x.shape[1]:
+                    continue
+                y = x.clone()
+                y[:, t + k] = (y[:, t + k] + 5) % 61 + 3
+                out = model(input_ids=y).logits
+                assert torch.equal(out[:, : t + 1], base[:, : t + 1]), (t, k)
+                assert not torch.equal(out[:, t + k:], base[:, t + k:])
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_independence(training):
+    model = make_model()
+    model.train(training)
+    x = ids(3, 50)
+    y = x.clone()
+    y[1] = ids(1, 50, seed=9)[0]
+    with torch.set_grad_enabled(training):
+        a, b = model(input_ids=x).logits, model(input_ids=y).logits
+    assert torch.equal(a[0], b[0]) and torch.equal(a[2], b[2])
+    assert not torch.equal(a[1], b[1])
+
+
+# ------------------------------------------------------------------------------------------------- streaming
+
+
+def test_streaming_any_split_equals_one_call():
+    model = make_model().eval()
+    x = ids(2, 90)
+    with torch.no_grad():
+        full = model(input_ids=x).logits
+        for splits in ([1], [7], [16], [33], [64], [89], [5, 6, 40], [1, 2, 3, 4]):
+            cache, pieces, start = None, [], 0
+            for end in [*splits, x.shape[1]]:
+                out = model(input_ids=x[:, start:end], past_key_values=cache, use_cache=True)
+                cache, start = out.past_key_values, end
+                pieces.append(out.logits)
+            torch.testing.assert_close(torch.cat(pieces, 1), full, rtol=1e-5, atol=1e-5)
+            assert cache.get_seq_length() == x.shape[1]
+
+
+def test_left_padded_batch_equals_each_sample_alone():
+    model = make_model().eval()
+    a, b = ids(1, 40, seed=3), ids(1, 23, seed=4)
+    x = torch.cat([a, torch.cat([torch.zeros(1, 17, dtype=torch.long), b], 1)])
+    mask = torch.ones_like(x)
+    mask[1, :17] = 0
+    with torch.no_grad():
+        batch = model(input_ids=x, attention_mask=mask, use_cache=True)
+        alone_a, alone_b = model(input_ids=a, use_cache=True), model(input_ids=b, use_cache=True)
+        torch.testing.assert_close(batch.logits[0], alone_a.logits[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(batch.logits[1, 17:], alone_b.logits[0], rtol=1e-5, atol=1e-5)
+        # continuing the padded batch (samples now at different chunk phases) still matches
+        nxt = ids(2, 30, seed=5)
+        cont = model(input_ids=nxt, attention_mask=torch.cat([mask, torch.ones_like(nxt)], 1),
+                     past_key_values=batch.past_key_values)
+        ca = model(input_ids=nxt[:1], past_key_values=alone_a.past_key_values)
+        cb = model(input_ids=nxt[1:], past_key_values=alone_b.past_key_values)
+        torch.testing.assert_close(cont.logits[0], ca.logits[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(cont.logits[1], cb.logits[0], rtol=1e-5, atol=1e-5)
+
+
+# -------------------------------------------------------------------------------------------- CMS cadence
+
+
+def test_cms_cadence_commits_and_constant_fast_weights_between_commits():
+    model = make_model().eval()
+    T = 70
+    x = ids(1, T)
+    with torch.no_grad():
+        cache = model(input_ids=x, use_cache=True).past_key_values
+        counts = cache.cms_update_counts()
+        assert counts.shape == (2, 3, 1)
+        assert counts[:, :, 0].tolist() == [[T // 16, T // 32, T // 128]] * 2
+        # token by token: level 0 (C=16) changes only when the token after a multiple of 16 arrives
+        cache, prev = None, None
+        for n in range(1, T + 1):
+            cache = model(input_ids=x[:, n - 1:n], past_key_values=cache, use_cache=True).past_key_values
+            lv = cache.get_state(0)["cms"]
+            theta = lv[0].get("theta")
+            cur = None if theta is None else theta[0].clone()
+            consumed_before = n - 1
+            should_change = consumed_before >= 16 and consumed_before % 16 == 0
+            changed = (prev is None) != (cur is None) or (cur is not None and not torch.equal(cur, prev))
+            assert changed == should_change, n
+            prev = cur
+            assert "theta" not in lv[2]               # C=128 > T: never materialised, stays theta_0
+        assert cache.cms_update_counts()[:, :, 0].tolist() == counts[:, :, 0].tolist()
+
+
+# ---------------------------------------------------------------------------------------------- gradients
+
+
+def test_every_parameter_gets_a_gradient_including_initial_states():
+    model = make_model(cms_chunk_sizes=[16, 32])
+    model.train()
+    x = ids(2, 70)
+    model(input_ids=x, labels=x).loss.backward()
+    dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert dead == []
+    names = dict(model.named_parameters())
+    for n in ("model.layers.0.memory.bank_W1", "model.layers.0.memory.mem_W2", "model.layers.1.cms.1.down",
+              "model.layers.1.cms.0.lr_logit"):
+        assert names[n].grad.abs().sum() > 0
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    model = make_model(cms_chunk_sizes=[16, 32])
+    model.train()
+    x = ids(2, 40)
+    model(input_ids=x, labels=x).loss.backward()
+    ref = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model.gradient_checkpointing_enable()
+    model(input_ids=x, labels=x).loss.backward()
+    for a, b in zip(ref, [p.grad for p in model.parameters()]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_ablation_flags_build_and_run():
+    x = ids(1, 40)
+    for kw in (dict(self_modifying=False), dict(use_dgd=False), dict(use_momentum=False),
+               dict(adaptive_query=False), dict(cms_chunk_sizes=[]), dict(memory_objective="dot")):
+        model = make_model(**kw)
+        out = model(input_ids=x, labels=x)
+        assert torch.isfinite(out.loss)
+        out.loss.backward()
+
+
+# ------------------------------------------------------------------------------------------- save and load
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_save_load_roundtrip_identical_logits(tmp_path, tie):
+    model = make_model(tie_word_embeddings=tie).eval()
+    model.save_pretrained(tmp_path)
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    assert ("lm_head.weight" in keys) == (not tie)
+    loaded, info = AutoModelForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
+    assert type(loaded) is HopeForCausalLM
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    x = ids(2, 40)
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=x).logits, loaded.eval()(input_ids=x).logits)
+    base = AutoModel.from_pretrained(tmp_path)
+    assert type(base) is HopeModel
+
+
+# ------------------------------------------------------------------------------------------- clear errors
+
+
+def test_clear_errors_for_bad_inputs_and_foreign_caches():
+    model = make_model().eval()
+    x = ids(2, 10)
+    with pytest.raises(ValueError, match="input_ids must lie in"):
+        model(input_ids=x + 64)
+    with pytest.raises(ValueError, match="attention_mask"):
+        model(input_ids=x, attention_mask=torch.ones(2, 5))
+    with pytest.raises(ValueError, match="exactly one"):
+        model()
+    with pytest.raises(TypeError, match="HopeCache"):
+        model(input_ids=x, past_key_values=("not", "a cache"))
+    with pytest.raises(ValueError, match="different Hope config"):
+        model(input_ids=x, past_key_values=HopeCache(small_config(hidden_size=64)))
+    cache = model(input_ids=x, use_cache=True).past_key_values
+    with pytest.raises(ValueError, match="batch_repeat_interleave"):
+        model(input_ids=ids(4, 3), past_key_values=cache)
+    with pytest.raises(ValueError, match="cropped"):
+        cache.crop(3)
+    # an empty DynamicCache (what some callers pass) is replaced by a HopeCache
+    out = model(input_ids=x, past_key_values=DynamicCache(), use_cache=True)
+    assert isinstance(out.past_key_values, HopeCache)
+
+
+def test_logits_to_keep_and_generate_return_the_hope_cache():
+    model = make_model().eval()
+    x = ids(2, 20)
+    with torch.no_grad():
+        full = model(input_ids=x).logits
+        last = model(input_ids=x, logits_to_keep=1).logits
+    torch.testing.assert_close(last, full[:, -1:])
+    out = model.generate(x, max_new_tokens=5, do_sample=False, return_dict_in_generate=True, pad_token_id=0)
+    assert isinstance(out.past_key_values, HopeCache)
+    assert out.past_key_values.get_seq_length() == 24        # the last generated token is not consumed yet
+    # deepcopy branches a conversation
+    branch = copy.deepcopy(out.past_key_values)
+    assert branch.get_seq_length() == 24
