@@ -13,6 +13,10 @@ from .modeling_hope import HopeForCausalLM, HopeModel, HopePreTrainedModel
 AutoConfig.register("hope", HopeConfig, exist_ok=True)
 AutoModel.register(HopeConfig, HopeModel, exist_ok=True)
 AutoModelForCausalLM.register(HopeConfig, HopeForCausalLM, exist_ok=True)
+# saving copies the Hub-facing files next to the weights (auto_map in config.json), for trust_remote_code loading
+HopeConfig.register_for_auto_class()
+HopeModel.register_for_auto_class("AutoModel")
+HopeForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 
 __version__ = "0.1.0"
 __all__ = ["HopeConfig", "HopeModel", "HopeForCausalLM", "HopePreTrainedModel", "HopeCache", "PRESETS"]

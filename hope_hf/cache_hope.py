@@ -3,7 +3,10 @@
 Hub-facing file: imports only torch/transformers and siblings with single-dot relative imports.
 """
 
+import json
+
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import Cache
 
 
@@ -144,6 +147,15 @@ class HopeCache(Cache):
         self.layers[layer_idx].state = state
         self.layers[layer_idx].is_initialized = True
 
+    def save(self, path):
+        """Save this memory session (all fast state) to a safetensors file."""
+        save_session(self, path)
+
+    @classmethod
+    def load(cls, path, config=None, device=None):
+        """Load a memory session saved with `save`; with `config`, refuse a session from another config."""
+        return load_session(cls, path, config, device)
+
     def cms_update_counts(self):
         """Commits made so far by every CMS level: a LongTensor [num_layers, num_levels, batch]."""
         if self.model_state is None:
@@ -152,6 +164,69 @@ class HopeCache(Cache):
         empty = torch.zeros(0, count.shape[0], dtype=torch.long, device=count.device)
         return torch.stack([torch.stack([lvl["commits"] for lvl in layer.state["cms"]]) if layer.state["cms"]
                             else empty for layer in self.layers])
+
+
+def _flatten(tree, prefix, out):
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            _flatten(v, f"{prefix}{k}.", out)
+    elif isinstance(tree, (list, tuple)):
+        for i, v in enumerate(tree):
+            _flatten(v, f"{prefix}{i}.", out)
+    elif isinstance(tree, torch.Tensor):
+        out[prefix[:-1]] = tree.detach().contiguous().clone()
+    return out
+
+
+def _unflatten(flat):
+    root = {}
+    for key, value in flat.items():
+        node, parts = root, key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+
+    def fix(node, name=""):
+        if not isinstance(node, dict):
+            return node
+        node = {k: fix(v, k) for k, v in node.items()}
+        if node and all(k.isdigit() for k in node):
+            items = [node[str(i)] for i in range(len(node))]
+            return tuple(items) if name in ("theta", "grad") else items
+        return node
+    return fix(root)
+
+
+def save_session(cache, path):
+    """Write the cache (a conversation's memory) as safetensors; the config signature goes into the metadata."""
+    if cache.is_empty:
+        raise ValueError("the cache is empty: there is no memory session to save")
+    flat = _flatten({"model": cache.model_state, "layers": [layer.state for layer in cache.layers]}, "", {})
+    meta = {"format": "pt", "hope_session": "1", "seen_tokens": str(cache.seen_tokens),
+            "signature": json.dumps(cache.config_signature)}
+    save_file(flat, str(path), metadata=meta)
+
+
+def load_session(cls, path, config=None, device=None):
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("hope_session") != "1":
+        raise ValueError(f"{path} is not a Hope memory session (saved with HopeCache.save)")
+    sig = json.loads(meta["signature"])
+    sig = None if sig is None else tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in sig)
+    if config is not None and sig != signature(config):
+        raise ValueError(f"the memory session in {path} was saved from a model with another config; load it with "
+                         "the same model configuration it was created with")
+    tree = _unflatten(load_file(str(path), device=str(device or "cpu")))
+    cache = cls(num_layers=len(tree["layers"]))
+    cache.config_signature = sig
+    cache.model_state = tree["model"]
+    for i, st in enumerate(tree["layers"]):
+        cache.set_state(i, st)
+    cache.seen_tokens = int(meta["seen_tokens"])
+    return cache
 
 
 def signature(config):

@@ -210,6 +210,14 @@ class HopePreTrainedModel(PreTrainedModel):
     def _supports_default_dynamic_cache(cls):
         return False                                   # the model builds its own HopeCache
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Also write an `auto_map` for AutoConfig, AutoModel and AutoModelForCausalLM and copy the code files, so that
+        `trust_remote_code=True` loads the checkpoint without hope_hf installed."""
+        auto_map = {"AutoConfig": "configuration_hope.HopeConfig", "AutoModel": "modeling_hope.HopeModel",
+                    "AutoModelForCausalLM": "modeling_hope.HopeForCausalLM"}
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **auto_map}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     @torch.no_grad()
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -437,6 +445,8 @@ class HopeModel(HopePreTrainedModel):
             all_hidden = tuple(gather_back([hs[i] for hs in spans_hs]) for i in range(c.num_hidden_layers + 1))
         hidden = self.norm(hidden)
         mstate["count"] = count + n_real
+        if input_ids is not None and T:
+            mstate["last_ids"] = input_ids[:, -1].clone()                  # lets generate() check a continuation
         if cache is not None:
             for i, st in enumerate(lstates):
                 cache.set_state(i, st)
@@ -500,6 +510,33 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
 
     def set_in_context_updates(self, enabled: bool):
         self.model.set_in_context_updates(enabled)
+
+    def prepare_inputs_for_generation(self, input_ids, next_sequence_length=None, past_key_values=None,
+                                      attention_mask=None, inputs_embeds=None, is_first_iteration=False, **kwargs):
+        if is_first_iteration and isinstance(past_key_values, HopeCache) and not past_key_values.is_empty:
+            seen = past_key_values.get_seq_length()
+            hint = ("pass the whole conversation so far (the returned sequences, including the last generated token, "
+                    "followed by the new tokens) together with the cache")
+            if next_sequence_length is not None and next_sequence_length <= 0:
+                raise ValueError(
+                    f"the HopeCache has already consumed {seen} tokens but input_ids has {input_ids.shape[1]}: nothing "
+                    f"new to read. If you ran forward() over the whole prompt yourself, consume all but its last token; "
+                    f"otherwise {hint}.")
+            cached_batch = past_key_values.model_state["count"].shape[0]
+            batch = (inputs_embeds if inputs_embeds is not None else input_ids).shape[0]
+            if batch != cached_batch:
+                raise ValueError(
+                    f"the HopeCache holds {cached_batch} sequences but generate runs {batch} (beams or "
+                    f"num_return_sequences expand the inputs, not a cache you pass): call "
+                    f"cache.batch_repeat_interleave({batch // max(cached_batch, 1)}) first")
+            last = past_key_values.model_state.get("last_ids")
+            if (inputs_embeds is None and last is not None and input_ids.shape[1] >= seen
+                    and not torch.equal(input_ids[:, seen - 1], last.to(input_ids.device))):
+                raise ValueError(f"input_ids do not continue the conversation held in the HopeCache: {hint}.")
+        return super().prepare_inputs_for_generation(
+            input_ids, next_sequence_length=next_sequence_length, past_key_values=past_key_values,
+            attention_mask=attention_mask, inputs_embeds=inputs_embeds, is_first_iteration=is_first_iteration,
+            **kwargs)
 
     def forward(self, input_ids=None, attention_mask=None, past_key_values=None, inputs_embeds=None, labels=None,
                 use_cache=None, output_hidden_states=None, logits_to_keep=0, return_dict=None, **kwargs):
