@@ -150,6 +150,10 @@ def markdown(results: dict) -> str:
     lines.append(f"\nHope tiny forward, {s['seq_len_tokens']} tokens: fast {s['fast_median_s']:.3f} s, "
                  f"reference {s['reference_median_s']:.3f} s -> **{s['speedup_x']:.1f}x** speedup"
                  + (f" ({s['note']})" if s["note"] else ""))
+    m = results["machine"]
+    lines.append(f"\n1-min load average {m['load_avg_1m_at_start']:.1f} at start, {m['load_avg_1m_at_end']:.1f} at end "
+                 f"({m['cpu_count']} CPUs, {m['torch_threads']} torch threads); above the thread count, other processes "
+                 f"shared the CPUs and Hope's many small ops slow down far more than Llama's")
     return "\n".join(lines)
 
 

@@ -99,24 +99,34 @@ def dgd_chunk(W0, S0, A, E, rho, log_alpha, log_beta=None, write=None):
 # ------------------------------------------------------------------- the residual 2-layer MLP memory (Eq. 89)
 
 
+def _unit(s, eps=1e-6):
+    """s / sqrt(|s|^2 + eps) and that scale (the memory's unit-norm hidden activation)."""
+    inv = torch.rsqrt(s.pow(2).sum(-1, keepdim=True) + eps)
+    return s * inv, inv
+
+
 def mlp_memory(W1, W2, z):
-    """M(z) = z + W1 silu(W2 z) (arXiv Eq. 89). W1: [..., d, h]; W2: [..., h, d]; z: [..., T, d]."""
-    return z + F.silu(z @ W2.transpose(-1, -2)) @ W1.transpose(-1, -2)
+    """M(z) = z + W1 n(silu(W2 z)), n(s) = s/|s| (arXiv Eq. 89 with a unit-norm hidden activation, our choice:
+    DGD assumes unit-norm layer inputs (Eq. 57), so both layers' inputs (k and n) are unit vectors and the clamp
+    |alpha - 2 eta| <= 1 bounds the retention of both). W1: [..., d, h]; W2: [..., h, d]; z: [..., T, d]."""
+    return z + _unit(F.silu(z @ W2.transpose(-1, -2)))[0] @ W1.transpose(-1, -2)
 
 
 def memory_errors(W1, W2, k, vhat, objective="l2"):
-    """Closed-form inner-loss gradients of M at keys k, targets vhat: returns (h, delta1, delta2).
+    """Closed-form inner-loss gradients of M at keys k, targets vhat: returns (n, delta1, delta2).
 
     L = 1/2 ||M(k) - vhat||^2 ("l2", Eq. 88/93) or -<M(k), vhat> ("dot", Eq. 92). The gradient is
-    delta1 h^T for W1 (input h = silu(W2 k)) and delta2 k^T for W2."""
+    delta1 n^T for W1 (input n = unit(silu(W2 k))) and delta2 k^T for W2."""
     pre = k @ W2.transpose(-1, -2)
-    h = F.silu(pre)
+    n, inv = _unit(F.silu(pre))
     if objective == "l2":
-        r = k + h @ W1.transpose(-1, -2) - vhat
+        r = k + n @ W1.transpose(-1, -2) - vhat
     else:
         r = -vhat.expand(*pre.shape[:-1], vhat.shape[-1])
+    gn = r @ W1                                                                   # dL/dn
+    gs = (gn - n * (gn * n).sum(-1, keepdim=True)) * inv                          # through the unit norm
     sig = torch.sigmoid(pre)
-    return h, r, (r @ W1) * (sig * (1 + pre * (1 - sig)))
+    return n, r, gs * (sig * (1 + pre * (1 - sig)))
 
 
 def _inner_loss(W1, W2, k, vhat, objective):
@@ -141,22 +151,22 @@ def _chunks(T, offset, size):
     return list(zip(cuts[:-1], cuts[1:]))
 
 
-def _masked_gates(eta, alpha, beta, mask):
-    """Per-token gates [B, H, 1, c], neutral (eta=0, alpha=beta=1) at masked positions."""
+def _masked_gates(eta, log_alpha, log_beta, mask):
+    """Per-token gates [B, H, 1, c], neutral (eta=0, alpha=beta=1) at masked positions (gates kept in log space)."""
     m = mask[:, None, None, :]
     eta = torch.where(m, eta.unsqueeze(2), torch.zeros_like(eta.unsqueeze(2)))
-    log_alpha = torch.where(m, torch.log(alpha).unsqueeze(2), torch.zeros_like(eta))
-    log_beta = None if beta is None else torch.where(m, torch.log(beta)[None, :, None, None], torch.zeros_like(eta))
+    log_alpha = torch.where(m, log_alpha.unsqueeze(2), torch.zeros_like(eta))
+    log_beta = None if log_beta is None else torch.where(m, log_beta[None, :, None, None], torch.zeros_like(eta))
     return eta, log_alpha, log_beta
 
 
-def memory_update(state, k, vhat, eta, alpha, beta, mask, objective, use_dgd, reference=False):
+def memory_update(state, k, vhat, eta, log_alpha, log_beta, mask, objective, use_dgd, reference=False):
     """Write tokens [k, vhat] into a memory group; reads/gradients use the chunk-start state (W1r, W2r).
 
-    state tensors: [B, H, n, ...]; k: [B, H, 1, c, d]; vhat: [B, H, n, c, d]; eta, alpha: [B, H, c]; beta: [H]
-    or None; mask: [B, c]. The fast path uses `dgd_chunk`; the reference steps token by token with `dgd_step`
+    state tensors: [B, H, n, ...]; k: [B, H, 1, c, d]; vhat: [B, H, n, c, d]; eta, log_alpha: [B, H, c];
+    log_beta: [H] or None; mask: [B, c]. The fast path uses `dgd_chunk`; the reference steps token by token with `dgd_step`
     and autograd gradients of the inner loss (Eq. 88 literally)."""
-    eta_m, log_alpha, log_beta = _masked_gates(eta, alpha, beta, mask)
+    eta_m, log_alpha, log_beta = _masked_gates(eta, log_alpha, log_beta, mask)
     new = dict(state)
     if not reference:
         h, d1, d2 = memory_errors(state["W1r"], state["W2r"], k, vhat, objective)
@@ -165,7 +175,7 @@ def memory_update(state, k, vhat, eta, alpha, beta, mask, objective, use_dgd, re
         write = mask[:, None, None, :].to(k.dtype)
         new["W1"], S1 = dgd_chunk(state["W1"], state.get("S1"), h, E1, rho, log_alpha, log_beta, write)
         new["W2"], S2 = dgd_chunk(state["W2"], state.get("S2"), k, E2, rho, log_alpha, log_beta, write)
-        if beta is not None:
+        if log_beta is not None:
             new["S1"], new["S2"] = S1, S2
         return new
     with torch.enable_grad():
@@ -175,14 +185,14 @@ def memory_update(state, k, vhat, eta, alpha, beta, mask, objective, use_dgd, re
         for t in range(k.shape[-2]):
             kt, vt = k[..., t:t + 1, :], vhat[..., t:t + 1, :]
             g1, g2 = torch.autograd.grad(_inner_loss(W1r, W2r, kt, vt, objective), (W1r, W2r), create_graph=True)
-            h = F.silu(kt @ W2r.transpose(-1, -2))[..., 0, :]
+            h = _unit(F.silu(kt @ W2r.transpose(-1, -2)))[0][..., 0, :]
             e, la = eta_m[..., t], log_alpha[..., t]
             a, rho = torch.exp(la), (e if use_dgd else torch.zeros_like(e))
             b = None if log_beta is None else torch.exp(log_beta[..., t])
             w = mask[:, None, None, t].to(k.dtype)
             new["W1"], S1 = dgd_step(new["W1"], new.get("S1"), h, g1, e, rho, a, b, w)
             new["W2"], S2 = dgd_step(new["W2"], new.get("S2"), kt[..., 0, :], g2, e, rho, a, b, w)
-            if beta is not None:
+            if log_beta is not None:
                 new["S1"], new["S2"] = S1, S2
     return new
 
@@ -202,32 +212,32 @@ def projection_memories(params, state, u, mask, offset, cfg, reference=False):
 
     u: memory input stream [B, H, T, d]; mask: [B, T] real tokens; offset: phase of column 0 on the chunk grid.
     params: W1, W2 ([H, n, d, h] / [H, n, h, d], memories ordered k, v, eta, alpha[, q]), eta_w/alpha_w [H, d],
-    eta_b/alpha_b [H], beta [H] or None. Each memory reads x_t and writes (k_t, M_box(v_t)) with its own
-    chunk-start state. Returns (k, v, q or None, eta, alpha, new_state); k and q are L2-normalised."""
+    eta_b/alpha_b [H], log_beta [H] or None. Each memory reads x_t and writes (k_t, M_box(v_t)) with its own
+    chunk-start state. Returns (k, v, q or None, eta, log_alpha, new_state); k and q are L2-normalised."""
     chunk, eta_max = cfg["projection_chunk_size"], cfg["memory_lr_max"]
     outs = []
     for f, f_end in _column_ranges(u.shape[2], offset, chunk, reference):
         x = u[:, :, None, f:f_end]
         r = mlp_memory(state["W1r"], state["W2r"], x)                            # [B, H, n, c, d]
         k, v = F.normalize(r[:, :, 0], dim=-1), r[:, :, 1]
-        alpha = torch.sigmoid((r[:, :, 3] * params["alpha_w"][:, None]).sum(-1) + params["alpha_b"][:, None])
+        log_alpha = F.logsigmoid((r[:, :, 3] * params["alpha_w"][:, None]).sum(-1) + params["alpha_b"][:, None])
         eta = eta_max * torch.sigmoid((r[:, :, 2] * params["eta_w"][:, None]).sum(-1) + params["eta_b"][:, None])
-        eta = torch.minimum(eta, (1 + alpha) / 2)                               # |alpha - 2 eta| <= 1 (A6)
+        eta = torch.minimum(eta, (1 + log_alpha.exp()) / 2)                     # |alpha - 2 eta| <= 1 (A6)
         q = F.normalize(r[:, :, 4], dim=-1) if r.shape[2] > 4 else None
         vhat = mlp_memory(state["W1r"], state["W2r"], v.unsqueeze(2))           # self-generated values (Eq. 87)
-        state = memory_update(state, k.unsqueeze(2), vhat, eta, alpha, params["beta"], mask[:, f:f_end],
+        state = memory_update(state, k.unsqueeze(2), vhat, eta, log_alpha, params["log_beta"], mask[:, f:f_end],
                               cfg["memory_objective"], cfg["use_dgd"], reference)
         state = _commit_reads(state, ((offset + f_end) % chunk == 0) & mask[:, f_end - 1])
-        outs.append((k, v, q, eta, alpha))
-    k, v, q, eta, alpha = (None if o[0] is None else torch.cat(o, dim=-2 if o[0].dim() == 4 else -1)
+        outs.append((k, v, q, eta, log_alpha))
+    k, v, q, eta, log_alpha = (None if o[0] is None else torch.cat(o, dim=-2 if o[0].dim() == 4 else -1)
                            for o in zip(*outs))
-    return k, v, q, eta, alpha, state
+    return k, v, q, eta, log_alpha, state
 
 
-def output_memory(params, state, k, v, q, eta, alpha, mask, offset, cfg, reference=False):
+def output_memory(params, state, k, v, q, eta, log_alpha, mask, offset, cfg, reference=False):
     """The memory M_memory (arXiv Eq. 86/88/94-95), chunk size C_m: o_t = M(q_t) read before the write.
 
-    k, v, q: [B, H, T, d]; eta, alpha: [B, H, T]. With self-modification the target is M(v_t) (Eq. 87), else v_t
+    k, v, q: [B, H, T, d]; eta, log_alpha: [B, H, T]; params: log_beta [H] or None. With self-modification the target is M(v_t) (Eq. 87), else v_t
     (plain Titans). Returns (o [B, H, T, d], new_state)."""
     chunk = cfg["memory_chunk_size"]
     outs = []
@@ -236,8 +246,8 @@ def output_memory(params, state, k, v, q, eta, alpha, mask, offset, cfg, referen
         o = mlp_memory(W1r, W2r, q[:, :, None, f:f_end])[:, :, 0]
         vc = v[:, :, None, f:f_end]
         vhat = mlp_memory(W1r, W2r, vc) if cfg["self_modifying"] else vc
-        state = memory_update(state, k[:, :, None, f:f_end], vhat, eta[..., f:f_end], alpha[..., f:f_end],
-                              params["beta"], mask[:, f:f_end], cfg["memory_objective"], cfg["use_dgd"], reference)
+        state = memory_update(state, k[:, :, None, f:f_end], vhat, eta[..., f:f_end], log_alpha[..., f:f_end],
+                              params["log_beta"], mask[:, f:f_end], cfg["memory_objective"], cfg["use_dgd"], reference)
         state = _commit_reads(state, ((offset + f_end) % chunk == 0) & mask[:, f_end - 1])
         outs.append(o)
     return torch.cat(outs, dim=2), state

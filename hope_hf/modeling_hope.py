@@ -122,8 +122,8 @@ class HopeSelfModifyingMemory(nn.Module):
         if c.self_modifying:
             params = {"W1": self.bank_W1, "W2": self.bank_W2, "eta_w": self.eta_w, "eta_b": self.eta_b,
                       "alpha_w": self.alpha_w, "alpha_b": self.alpha_b,
-                      "beta": torch.sigmoid(self.bank_beta_logit) if c.use_momentum else None}
-            k, v, q, eta, alpha, new_state["bank"] = projection_memories(
+                      "log_beta": F.logsigmoid(self.bank_beta_logit) if c.use_momentum else None}
+            k, v, q, eta, log_alpha, new_state["bank"] = projection_memories(
                 params, state["bank"], heads(u), wmask, offset, fn_cfg, reference)
             if q is None:
                 q = F.normalize(heads(self.q_proj(u)), dim=-1)
@@ -131,10 +131,10 @@ class HopeSelfModifyingMemory(nn.Module):
             kk, vv, qq = self.qkv_proj(u).chunk(3, dim=-1)
             k, v, q = F.normalize(heads(kk), dim=-1), heads(vv), F.normalize(heads(qq), dim=-1)
             g_eta, g_alpha = self.gate_logits(u).transpose(1, 2).chunk(2, dim=1)      # [B, H, S]
-            alpha = torch.sigmoid(g_alpha)
-            eta = torch.minimum(c.memory_lr_max * torch.sigmoid(g_eta), (1 + alpha) / 2)
-        mem_params = {"beta": torch.sigmoid(self.mem_beta_logit) if c.use_momentum else None}
-        o, new_state["mem"] = output_memory(mem_params, state["mem"], k, v, q, eta, alpha, wmask, offset, fn_cfg,
+            log_alpha = F.logsigmoid(g_alpha)
+            eta = torch.minimum(c.memory_lr_max * torch.sigmoid(g_eta), (1 + log_alpha.exp()) / 2)
+        mem_params = {"log_beta": F.logsigmoid(self.mem_beta_logit) if c.use_momentum else None}
+        o, new_state["mem"] = output_memory(mem_params, state["mem"], k, v, q, eta, log_alpha, wmask, offset, fn_cfg,
                                             reference)
         o = rms_norm(o, self.out_norm_weight, c.rms_norm_eps).transpose(1, 2).reshape(B, S, D)
         return self.out_proj(o * F.silu(self.gate_proj(xn))), new_state
@@ -183,8 +183,8 @@ class HopeBlock(GradientCheckpointingLayer):
         for lvl, lstate in zip(self.cms, layer_state["cms"]):
             hidden, xin = lvl(hidden, lstate.get("theta", lvl.theta0()))
             level_inputs.append(xin)
-        new_state["cms"] = layer_state["cms"]
-        return hidden * mask[..., None], new_state, level_inputs
+        new_state["cms"] = [dict(lv) for lv in layer_state["cms"]]    # fresh dicts: the caller's commits must not
+        return hidden * mask[..., None], new_state, level_inputs        # reach an activation-checkpoint recompute
 
 
 @dataclass

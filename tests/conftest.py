@@ -21,7 +21,7 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 import pytest
 import torch
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # tiny models: one thread is as fast and immune to oversubscription
 
 # Modules whose docstrings make the tokenizer's training text (a few tens of KB of real prose).
 TOKENIZER_DOC_MODULES = ("json", "collections", "itertools", "functools", "pathlib")

@@ -105,9 +105,9 @@ def test_dot_objective_without_retention_is_the_delta_rule():
 def _memory_setup(dtype, n, objective="l2", momentum=True, seed=0, B=2, H=2, d=4, h=3, T=23):
     g = torch.Generator().manual_seed(seed)
     r = lambda *s, sc=1.0: (sc * torch.randn(*s, generator=g, dtype=dtype)).requires_grad_(True)  # noqa: E731
-    params = dict(W1=r(H, n, d, h, sc=0.3), W2=r(H, n, h, d, sc=0.3), eta_w=r(H, d), eta_b=r(H),
+    params = dict(W1=r(H, n, d, h, sc=0.3), W2=r(H, n, h, d, sc=1.0), eta_w=r(H, d), eta_b=r(H),
                   alpha_w=r(H, d), alpha_b=(2 + torch.zeros(H, dtype=dtype)).requires_grad_(True),
-                  beta=torch.sigmoid(r(H)) if momentum else None)
+                  log_beta=torch.nn.functional.logsigmoid(r(H)) if momentum else None)
     u = r(B, H, T, d, sc=0.5)
     mask = torch.ones(B, T, dtype=torch.bool)
     mask[1, :5] = False                       # a sample that starts later (left padding / other phase)
@@ -120,30 +120,34 @@ def _memory_setup(dtype, n, objective="l2", momentum=True, seed=0, B=2, H=2, d=4
 def test_projection_and_output_memories_fast_equal_reference(dtype, variant):
     n = 4 if variant == "fixed_q" else 5
     momentum = variant != "no_momentum"
-    cfg = dict(projection_chunk_size=4, memory_chunk_size=8, memory_lr_max=0.2,
+    cfg = dict(projection_chunk_size=4, memory_chunk_size=8, memory_lr_max=0.1,
                memory_objective="dot" if variant == "dot" else "l2", use_dgd=variant != "no_dgd",
                self_modifying=True)
     params, u, mask = _memory_setup(dtype, n, momentum=momentum)
     mem_W1 = (0.3 * torch.randn(2, 1, 4, 3, dtype=dtype)).requires_grad_(True)
-    mem_W2 = (0.3 * torch.randn(2, 1, 3, 4, dtype=dtype)).requires_grad_(True)
-    mem_params = {"beta": params["beta"]}
+    mem_W2 = torch.randn(2, 1, 3, 4, dtype=dtype).requires_grad_(True)
+    mem_params = {"log_beta": params["log_beta"]}
     results = {}
     for ref in (False, True):
         st = init_memory_state(params["W1"], params["W2"], 2, momentum)
-        k, v, q, eta, alpha, bank = projection_memories(params, st, u, mask, 3, cfg, reference=ref)
+        k, v, q, eta, log_alpha, bank = projection_memories(params, st, u, mask, 3, cfg, reference=ref)
         if q is None:
             q = F.normalize(u, dim=-1)
         mst = init_memory_state(mem_W1, mem_W2, 2, momentum)
-        o, mem = output_memory(mem_params, mst, k, v, q, eta, alpha, mask, 3, cfg, reference=ref)
-        outs = [k, v, q, eta, alpha, o] + [bank[key] for key in sorted(bank)] + [mem[key] for key in sorted(mem)]
+        o, mem = output_memory(mem_params, mst, k, v, q, eta, log_alpha, mask, 3, cfg, reference=ref)
+        outs = [k, v, q, eta, log_alpha, o] + [bank[key] for key in sorted(bank)] + [mem[key] for key in sorted(mem)]
         loss = sum((t * torch.linspace(-1, 1, t.numel(), dtype=dtype).view_as(t)).sum() for t in outs)
         leaves = [p for p in [*params.values(), u, mem_W1, mem_W2] if p is not None and p.requires_grad]
         results[ref] = (outs, torch.autograd.grad(loss, leaves, allow_unused=True))
     for a, b in zip(results[False][0], results[True][0]):
         _close(a, b, dtype)
+    # Gradients are measured against the scale of the whole gradient: a small entry such as d/d log_beta is a sum of
+    # large cancelling terms, and in float32 the token-by-token reference itself is ~2e-4 away from the float64 truth
+    # there (max |grad| ~ 39), as far as the fast path is; float64 pins both paths to 1e-9.
+    scale = max(1.0, max(b.abs().max().item() for b in results[True][1] if b is not None))
     for a, b in zip(results[False][1], results[True][1]):
         if b is not None:
-            _close(a, b, dtype)
+            assert (a - b).abs().max().item() <= TOL[dtype] * scale
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
