@@ -36,6 +36,17 @@ def machine_info() -> dict:
             "load_avg_1m_at_start": os.getloadavg()[0]}  # > cpu_count: other processes shared the CPUs
 
 
+def busy_cpu_s() -> tuple[float, float] | None:
+    """(CPU seconds spent by all processes since boot, by this process) on Linux; None elsewhere."""
+    try:
+        with open("/proc/stat") as f:
+            user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+    except (OSError, ValueError):
+        return None
+    own = os.times()
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK"), own.user + own.system
+
+
 def n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -151,16 +162,17 @@ def markdown(results: dict) -> str:
                  f"reference {s['reference_median_s']:.3f} s -> **{s['speedup_x']:.1f}x** speedup"
                  + (f" ({s['note']})" if s["note"] else ""))
     m = results["machine"]
-    lines.append(f"\n1-min load average {m['load_avg_1m_at_start']:.1f} at start, {m['load_avg_1m_at_end']:.1f} at end "
-                 f"({m['cpu_count']} CPUs, {m['torch_threads']} torch threads); above the thread count, other processes "
-                 f"shared the CPUs and Hope's many small ops slow down far more than Llama's")
+    if m.get("other_processes_avg_cores_busy", 0) > 0.1:
+        lines.append(f"\nWARNING: other processes kept {m['other_processes_avg_cores_busy']:.2f} of {m['cpu_count']} "
+                     f"CPUs busy on average during the run; Hope's many small ops slow down far more than Llama's "
+                     f"under such contention, so rerun on an idle machine")
     return "\n".join(lines)
 
 
 def run(presets=("tiny", "small"), lengths=(512, 2048), ref_len=1024, iters=3, budget_s=60.0, batch_size=1,
         out="benchmarks/results", quick=False) -> dict:
     """Run every benchmark, write `<out>/speed.json` and `<out>/speed.png`, return the results."""
-    wall, machine = time.perf_counter(), machine_info()
+    wall, machine, busy = time.perf_counter(), machine_info(), busy_cpu_s()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -191,8 +203,11 @@ def run(presets=("tiny", "small"), lengths=(512, 2048), ref_len=1024, iters=3, b
                                       "longer lengths"},
                "throughput": rows,
                "memory_impl_speedup": memory_impl_speedup(ref_len, iters, budget_s)}
-    results["machine"]["load_avg_1m_at_end"] = os.getloadavg()[0]
     results["wall_time_s"] = time.perf_counter() - wall
+    machine["load_avg_1m_at_end"] = os.getloadavg()[0]
+    if busy is not None:  # CPU cores kept busy by *other* processes, averaged over the run (should be ~0)
+        (all0, own0), (all1, own1) = busy, busy_cpu_s()
+        machine["other_processes_avg_cores_busy"] = max(0.0, (all1 - all0) - (own1 - own0)) / results["wall_time_s"]
     (out / "speed.json").write_text(json.dumps(results, indent=2) + "\n")
     plot(rows, out / "speed.png")
     return results

@@ -87,7 +87,10 @@ def dgd_chunk(W0, S0, A, E, rho, log_alpha, log_beta=None, write=None):
         eye = torch.eye(C, dtype=A.dtype, device=A.device)
         T = eye + _shift_down(Lb, -2) * K * rho.unsqueeze(-2)   # b_{t-1}/b_i rho_i a_i.a_t, i < t
         T = T.expand(*R.shape[:-2], C, C)
-        Y = torch.linalg.solve_triangular(T, R, upper=False, unitriangular=True)
+        if T.dtype in (torch.float16, torch.bfloat16):                  # no half-precision triangular solve
+            Y = torch.linalg.solve_triangular(T.float(), R.float(), upper=False, unitriangular=True).to(R.dtype)
+        else:
+            Y = torch.linalg.solve_triangular(T, R, upper=False, unitriangular=True)
         W = W - (Y * (Lb[..., -1, :] * rho).unsqueeze(-1)).transpose(-1, -2) @ A
     if log_beta is None:
         S = E[..., -1, :].unsqueeze(-1) * A[..., -1, :].unsqueeze(-2)

@@ -214,7 +214,7 @@ def test_activation_checkpointing_gives_the_same_gradients():
     model(input_ids=x, labels=x).loss.backward()
     ref = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
-    model.gradient_checkpointing_enable()
+    model.activation_checkpointing_enable()
     model(input_ids=x, labels=x).loss.backward()
     for a, b in zip(ref, [p.grad for p in model.parameters()]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
