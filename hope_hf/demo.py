@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from hope_hf import HopeConfig, HopeForCausalLM
+from hope_hf.cards import write_model_card
 from hope_hf.corpus import stdlib_docs_text
 from hope_hf.tokenizer import train_bpe_tokenizer
 
@@ -26,6 +27,20 @@ LR = 3e-3
 VOCAB_SIZE = 2048
 VAL_FRACTION = 0.05
 PROMPT = "The json module"
+
+
+def training_info(steps: int, tokens: int | None = None) -> dict:
+    """The demo's training recipe, for the model card."""
+    info = {"data": "docstrings of Python's standard library (`hope_hf.corpus`), "
+                    f"{1 - VAL_FRACTION:.0%} train / {VAL_FRACTION:.0%} validation blocks",
+            "tokenizer": f"byte-level BPE, {VOCAB_SIZE} tokens, trained on the same text",
+            "steps": steps,
+            "batch": f"{BATCH_SIZE} x {SEQ_LEN} tokens",
+            "optimizer": f"AdamW (lr {LR:g}, betas 0.9/0.95, weight decay 0.1), cosine schedule with 10% warmup",
+            "recipe": f"`python -m hope_hf.demo --steps {steps}`"}
+    if tokens is not None:
+        info["tokens seen"] = f"{tokens:,}"
+    return info
 
 
 def pack_blocks(docs: list[str], tok, seq_len: int = SEQ_LEN) -> torch.Tensor:
@@ -104,6 +119,9 @@ def main(argv: list[str] | None = None) -> Path:
     args.output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.output_dir)
     tok.save_pretrained(args.output_dir)
+    write_model_card(args.output_dir, model, training=training_info(args.steps, tokens),
+                     eval_results={"validation loss": round(val_after, 4),
+                                   "validation perplexity": round(math.exp(val_after), 2)})
     path = args.output_dir.resolve()
     print(f"checkpoint: {path}")
     return path

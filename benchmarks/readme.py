@@ -1,0 +1,60 @@
+"""Regenerate the README's benchmark section from benchmarks/results/*.json (no number is typed by hand).
+
+    python -m benchmarks.readme
+"""
+
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+START, END = "<!-- benchmarks -->", "<!-- /benchmarks -->"
+
+
+def speed_section(d):
+    m = d["machine"]
+    lines = [f"CPU training throughput (forward+backward, batch 1, float32), `python -m benchmarks.speed`, on "
+             f"{m['cpu_count']} cores ({m['processor']}, torch {m['torch']}, {m['torch_threads']} threads; other "
+             f"processes kept {m.get('other_processes_avg_cores_busy', float('nan')):.2f} cores busy):", "",
+             "| preset | tokens | Hope params | Hope tok/s | Llama tok/s (same params) | Hope / Llama |",
+             "|---|---|---|---|---|---|"]
+    for r in d["throughput"]:
+        h, l_ = r["hope"], r["llama"]
+        lines.append(f"| {r['preset']} | {r['seq_len_tokens']} | {h['params'] / 1e6:.2f}M | {h['tokens_per_s']:.0f} | "
+                     f"{l_['tokens_per_s']:.0f} | {h['tokens_per_s'] / l_['tokens_per_s']:.3f}x |")
+    s = d["memory_impl_speedup"]
+    lines += ["", f"Chunk-parallel memories vs the token-by-token reference (tiny, forward, {s['seq_len_tokens']} "
+              f"tokens): {s['fast_median_s']:.3f} s vs {s['reference_median_s']:.3f} s, **{s['speedup_x']:.1f}x**."]
+    return lines
+
+
+def gpu_section(d):
+    t, dec = d["train_tokens_per_s_bf16_autocast"], d["decode_ms_per_token"]
+    sm = d["bf16_smoke"]
+    lines = ["", f"GPU (`python -m benchmarks.gpu_smoke`, {d['device']}, torch {d['torch']}, bf16 autocast, batch 4): "
+             f"bf16 training smoke test {'finite' if sm['all_finite'] else 'NOT finite'} over {sm['steps']} steps "
+             f"(loss {sm['first_loss']:.3f} -> {sm['last_loss']:.3f}).", "",
+             "| model | train tok/s @512 | train tok/s @2048 | decode ms/token after 256 | after 2048 |",
+             "|---|---|---|---|---|"]
+    for name in ("hope_small", "llama"):
+        lines.append(f"| {name} ({d['params'][name if name != 'llama' else 'llama_matched'] / 1e6:.1f}M) | "
+                     f"{t[name + '@512']:.0f} | {t[name + '@2048']:.0f} | {dec[name + '@256']:.1f} | "
+                     f"{dec[name + '@2048']:.1f} |")
+    return lines
+
+
+def main():
+    res = ROOT / "benchmarks" / "results"
+    lines = []
+    if (res / "speed.json").exists():
+        lines += speed_section(json.loads((res / "speed.json").read_text()))
+    if (res / "gpu_smoke.json").exists():
+        lines += gpu_section(json.loads((res / "gpu_smoke.json").read_text()))
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    head, _, rest = text.partition(START)
+    tail = rest.partition(END)[2] if END in rest else rest
+    readme.write_text(head + START + "\n" + "\n".join(lines) + "\n" + END + tail)
+
+
+if __name__ == "__main__":
+    main()
