@@ -51,51 +51,60 @@ def _shift_down(x, dim):
     return F.pad(x, pad).narrow(dim, 0, x.shape[dim])
 
 
-def dgd_chunk(W0, S0, A, E, rho, log_alpha, log_beta=None, write=None):
+def chunk_gates(log_alpha, log_beta=None, write=None):
+    """The decay matrices of one chunk (see `dgd_chunk`), computed once for every layer stepping with these gates."""
+    la = torch.cumsum(log_alpha, -1)
+    Lb = _decay_matrix(la)                                      # b_t / b_i, i <= t
+    g = {"b_end": torch.exp(la[..., -1]), "b_prev": torch.exp(la - log_alpha), "Lb_end": Lb[..., -1, :],
+         "Lb_prev": _shift_down(Lb, -2)}                       # b_{t-1}; b_{t-1}/b_i for i < t
+    if log_beta is None:
+        g.update(G_end=Lb[..., -1, :], G_prev=g["Lb_prev"], c=None)
+        return g
+    lB = torch.cumsum(log_beta, -1)
+    LB = _decay_matrix(lB)
+    Lw = Lb if write is None else Lb * write.unsqueeze(-2)      # b_t/b_i m_i: only written steps add S_i
+    G = Lw @ LB
+    c = (Lw @ torch.exp(lB).unsqueeze(-1)).squeeze(-1)          # c_t = sum_{i<=t} (b_t/b_i) m_i B_i
+    g.update(G_end=G[..., -1, :], G_prev=_shift_down(G, -2), c=c, c_prev=_shift_down(c, -1),
+             B_end=torch.exp(lB[..., -1]), LB_end=LB[..., -1, :])
+    return g
+
+
+def dgd_chunk(W0, S0, A, E, rho, log_alpha, log_beta=None, write=None, gates=None):
     """C steps of `dgd_step` at once, for rank-one gradients grad_t = delta_t a_t^T: returns (W_C, S_C).
 
     E holds e_t = -eta_t delta_t (zero at masked positions).
 
     W0, S0: [..., out, in]; A: [..., C, in]; E: [..., C, out]; rho, log_alpha, log_beta: [..., C].
     `rho=None` drops the DGD term (plain gradient step); `log_beta=None` means no momentum; `write` [..., C] gates
-    the momentum's addition to W (0 at masked positions).
+    the momentum's addition to W (0 at masked positions); `gates` = `chunk_gates(log_alpha, log_beta, write)`
+    when already computed.
     With b_t = prod_{j<=t} alpha_j, B_t = prod_{j<=t} beta_j and y_t = W_{t-1} a_t, unrolling gives
         W_t = b_t W0 + c_t S0 + sum_{j<=t} G[t,j] e_j a_j^T - sum_{i<=t} (b_t/b_i) rho_i y_i a_i^T
     with G = Lb @ LB (Lb[t,i] = b_t/b_i, LB[i,j] = B_i/B_j) and c = Lb @ B. Multiplying W_{t-1} by a_t makes
     the y_t a unit lower-triangular system (I + (Lb_prev o K) diag(rho)) Y = R with K = A A^T: one solve.
     """
+    g = gates if gates is not None else chunk_gates(log_alpha, log_beta, write)
     C = A.shape[-2]
-    la = torch.cumsum(log_alpha, -1)
-    Lb = _decay_matrix(la)                                      # b_t / b_i, i <= t
-    if log_beta is None:
-        G, c = Lb, None
-    else:
-        lB = torch.cumsum(log_beta, -1)
-        LB = _decay_matrix(lB)
-        Lw = Lb if write is None else Lb * write.unsqueeze(-2)  # b_t/b_i m_i: only written steps add S_i
-        G = Lw @ LB
-        c = (Lw @ torch.exp(lB).unsqueeze(-1)).squeeze(-1)      # c_t = sum_{i<=t} (b_t/b_i) m_i B_i
-    W = torch.exp(la[..., -1])[..., None, None] * W0 + (E * G[..., -1, :].unsqueeze(-1)).transpose(-1, -2) @ A
-    if c is not None:
-        W = W + c[..., -1, None, None] * S0
+    W = g["b_end"][..., None, None] * W0 + (E * g["G_end"].unsqueeze(-1)).transpose(-1, -2) @ A
+    if g["c"] is not None:
+        W = W + g["c"][..., -1, None, None] * S0
     if rho is not None:
         K = A @ A.transpose(-1, -2)
-        b_prev = torch.exp(la - log_alpha)                      # b_{t-1}
-        R = b_prev.unsqueeze(-1) * (A @ W0.transpose(-1, -2)) + (_shift_down(G, -2) * K) @ E
-        if c is not None:
-            R = R + _shift_down(c, -1).unsqueeze(-1) * (A @ S0.transpose(-1, -2))
+        R = g["b_prev"].unsqueeze(-1) * (A @ W0.transpose(-1, -2)) + (g["G_prev"] * K) @ E
+        if g["c"] is not None:
+            R = R + g["c_prev"].unsqueeze(-1) * (A @ S0.transpose(-1, -2))
         eye = torch.eye(C, dtype=A.dtype, device=A.device)
-        T = eye + _shift_down(Lb, -2) * K * rho.unsqueeze(-2)   # b_{t-1}/b_i rho_i a_i.a_t, i < t
-        T = T.expand(*R.shape[:-2], C, C)
+        T = (eye + g["Lb_prev"] * K * rho.unsqueeze(-2)).expand(*R.shape[:-2], C, C)
         if T.dtype in (torch.float16, torch.bfloat16):                  # no half-precision triangular solve
             Y = torch.linalg.solve_triangular(T.float(), R.float(), upper=False, unitriangular=True).to(R.dtype)
         else:
             Y = torch.linalg.solve_triangular(T, R, upper=False, unitriangular=True)
-        W = W - (Y * (Lb[..., -1, :] * rho).unsqueeze(-1)).transpose(-1, -2) @ A
-    if log_beta is None:
+        W = W - (Y * (g["Lb_end"] * rho).unsqueeze(-1)).transpose(-1, -2) @ A
+    if g["c"] is None:
         S = E[..., -1, :].unsqueeze(-1) * A[..., -1, :].unsqueeze(-2)
     else:
-        S = torch.exp(lB[..., -1])[..., None, None] * S0 + (E * LB[..., -1, :].unsqueeze(-1)).transpose(-1, -2) @ A
+        S = g["B_end"][..., None, None] * S0 + (E * g["LB_end"].unsqueeze(-1)).transpose(-1, -2) @ A
     return W, S
 
 
@@ -175,9 +184,9 @@ def memory_update(state, k, vhat, eta, log_alpha, log_beta, mask, objective, use
         h, d1, d2 = memory_errors(state["W1r"], state["W2r"], k, vhat, objective)
         rho = eta_m if use_dgd else None
         E1, E2 = -eta_m.unsqueeze(-1) * d1, -eta_m.unsqueeze(-1) * d2
-        write = mask[:, None, None, :].to(k.dtype)
-        new["W1"], S1 = dgd_chunk(state["W1"], state.get("S1"), h, E1, rho, log_alpha, log_beta, write)
-        new["W2"], S2 = dgd_chunk(state["W2"], state.get("S2"), k, E2, rho, log_alpha, log_beta, write)
+        gates = chunk_gates(log_alpha, log_beta, mask[:, None, None, :].to(k.dtype))
+        new["W1"], S1 = dgd_chunk(state["W1"], state.get("S1"), h, E1, rho, None, gates=gates)
+        new["W2"], S2 = dgd_chunk(state["W2"], state.get("S2"), k, E2, rho, None, gates=gates)
         if log_beta is not None:
             new["S1"], new["S2"] = S1, S2
         return new
