@@ -184,9 +184,22 @@ def memory_update(state, k, vhat, eta, log_alpha, log_beta, mask, objective, use
         h, d1, d2 = memory_errors(state["W1r"], state["W2r"], k, vhat, objective)
         rho = eta_m if use_dgd else None
         E1, E2 = -eta_m.unsqueeze(-1) * d1, -eta_m.unsqueeze(-1) * d2
-        gates = chunk_gates(log_alpha, log_beta, mask[:, None, None, :].to(k.dtype))
-        new["W1"], S1 = dgd_chunk(state["W1"], state.get("S1"), h, E1, rho, None, gates=gates)
-        new["W2"], S2 = dgd_chunk(state["W2"], state.get("S2"), k, E2, rho, None, gates=gates)
+        if k.shape[-2] == 1:                                     # one token (decoding): the step itself
+            one = lambda t: t[..., 0]                            # noqa: E731
+            w, a = mask[:, None, None, 0].to(k.dtype), torch.exp(one(log_alpha))
+            b = None if log_beta is None else torch.exp(one(log_beta))
+            r = torch.zeros_like(one(eta_m)) if rho is None else one(rho)
+            unit = torch.ones_like(r)
+            new["W1"], S1 = dgd_step(state["W1"], state.get("S1"), one(h.transpose(-1, -2)),
+                                     -one(E1.transpose(-1, -2)).unsqueeze(-1) * one(h.transpose(-1, -2)).unsqueeze(-2),
+                                     unit, r, a, b, w)
+            new["W2"], S2 = dgd_step(state["W2"], state.get("S2"), one(k.transpose(-1, -2)),
+                                     -one(E2.transpose(-1, -2)).unsqueeze(-1) * one(k.transpose(-1, -2)).unsqueeze(-2),
+                                     unit, r, a, b, w)
+        else:
+            gates = chunk_gates(log_alpha, log_beta, mask[:, None, None, :].to(k.dtype))
+            new["W1"], S1 = dgd_chunk(state["W1"], state.get("S1"), h, E1, rho, None, gates=gates)
+            new["W2"], S2 = dgd_chunk(state["W2"], state.get("S2"), k, E2, rho, None, gates=gates)
         if log_beta is not None:
             new["S1"], new["S2"] = S1, S2
         return new
