@@ -42,11 +42,29 @@ def gpu_section(d):
     return lines
 
 
+def decode_section(d):
+    lines = ["", f"Decode (`python -m benchmarks.decode`, {d['preset']}, CPU, batch 1): ms per generated token after a "
+             f"prompt, and the state each model holds (Hope: all fast state; Llama: its KV cache).", "",
+             "| prompt tokens | Hope ms/token | Llama ms/token | Hope state | Llama KV cache |", "|---|---|---|---|---|"]
+    for r in d["rows"]:
+        h, l_ = r["hope"], r["llama"]
+        lines.append(f"| {r['prompt_tokens']} | {h['ms_per_token_median']:.2f} | {l_['ms_per_token_median']:.2f} | "
+                     f"{h['state_bytes'] / 2**20:.2f} MiB | {l_['state_bytes'] / 2**20:.2f} MiB |")
+    lines.append("")
+    lines.append(f"Hope's per-token time, longest / shortest prompt: "
+                 f"{d['hope_ms_ratio_longest_over_shortest']:.2f}x (target <= 1.1)."
+                 + (f" Hope's state / Llama's KV cache at 8192 tokens: {d['hope_state_over_llama_kv_at_8192']:.1%} "
+                    "(target <= 5%)." if "hope_state_over_llama_kv_at_8192" in d else ""))
+    return lines
+
+
 def main():
     res = ROOT / "benchmarks" / "results"
     lines = []
     if (res / "speed.json").exists():
         lines += speed_section(json.loads((res / "speed.json").read_text()))
+    if (res / "decode.json").exists():
+        lines += decode_section(json.loads((res / "decode.json").read_text()))
     if (res / "gpu_smoke.json").exists():
         lines += gpu_section(json.loads((res / "gpu_smoke.json").read_text()))
     readme = ROOT / "README.md"

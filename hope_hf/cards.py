@@ -87,7 +87,9 @@ def _format_count(n: int | None) -> str:
 
 
 def _format_value(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+    if isinstance(v, float):
+        return f"{v:,.1f}" if abs(v) >= 1000 else f"{v:.4g}"
+    return str(v)
 
 
 def _training(training) -> str:
@@ -187,8 +189,7 @@ def main(argv: list[str] | None = None) -> str:
     return card
 
 
+__all__ = ["FIELD_DOCS", "config_fields", "count_parameters", "render_model_card", "write_model_card"]
+
 if __name__ == "__main__":
     main()
-
-
-__all__ = ["render_model_card", "write_model_card", "config_fields", "count_parameters", "FIELD_DOCS"]

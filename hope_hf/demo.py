@@ -1,5 +1,7 @@
 """End-to-end demo on CPU, fully offline: corpus -> tokenizer -> tiny Hope -> train -> evaluate -> generate -> save.
 
+The output directory gets the model, the tokenizer and a model card (README.md, `hope_hf.cards`).
+
     python -m hope_hf.demo [--steps N] [--output-dir DIR]
 
 The corpus is the docstrings of Python's standard library (`hope_hf.corpus`), so nothing is downloaded.
