@@ -134,6 +134,17 @@ def test_sampling_streamer_inputs_embeds_and_num_return_sequences():
     assert_logits_equal(a.logits, b.logits)
 
 
+def test_text_streamer_prints_the_generated_text(tokenizer, capsys):
+    from transformers import TextStreamer
+
+    model = visible_model(vocab_size=len(tokenizer))
+    x = tokenizer("The json module", return_tensors="pt").input_ids
+    out = model.generate(x, max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None,
+                         streamer=TextStreamer(tokenizer, skip_prompt=True))
+    printed = capsys.readouterr().out
+    assert printed.strip() == tokenizer.decode(out[0, x.shape[1]:]).strip()
+
+
 def test_generation_misuse_gets_clear_errors():
     model = visible_model()
     prompt = ids(1, 12)
