@@ -389,6 +389,10 @@ class HopeModel(HopePreTrainedModel):
 
         reference = self.memory_impl == "reference"
         write = self.in_context_updates
+        active = [True] * len(c.cms_chunk_sizes)
+        if cache is None:        # nothing outlives this call: a level that cannot commit in it needs no gradient sums
+            first_boundary = lambda C: (count.clamp(min=1) + C - 1) // C * C                         # noqa: E731
+            active = [bool((first_boundary(C) <= count + n_real - 1).any()) for C in c.cms_chunk_sizes]
         cuts = [0] + ([f for f in range(1, F_len) if (o + f) % c.span_size == 0] if has_cms else []) + [F_len]
         spans_h, spans_logits, spans_hs = [], [], []
         for f0, f1 in zip(cuts[:-1], cuts[1:]):
@@ -402,7 +406,7 @@ class HopeModel(HopePreTrainedModel):
                                      tgt[:, f0:f1].gather(1, first[:, None, None].expand(B, 1, c.hidden_size))[:, 0])
                     u = u * res[:, None]
                     self._accumulate(lstates, [[lv["x_pend"][:, None] for lv in st["cms"]] for st in lstates],
-                                     u[:, None], reference)
+                                     u[:, None], reference, active)
                     mstate["pend_valid"] = mstate["pend_valid"] & ~res
                 if (o + f0) % c.span_size == 0:
                     self._commit(lstates, count + (f0 - s), fmask[:, f0])
@@ -426,7 +430,7 @@ class HopeModel(HopePreTrainedModel):
                 u = teach_signal(h[:, :-1], self.norm.weight, c.rms_norm_eps, W_out, tgt[:, f0 + 1:f1],
                                  logits[:, :-1]) * both[..., None]
                 u = F.pad(u, (0, 0, 0, 1))
-                self._accumulate(lstates, level_inputs, u, reference)
+                self._accumulate(lstates, level_inputs, u, reference, active)
                 last = (f1 - f0 - 1) - m.flip(1).int().argmax(1)               # last real column of the span
                 pick = lambda t: t.gather(1, last[:, None, None].expand(B, 1, t.shape[-1]))[:, 0]  # noqa: E731
                 sel = has[:, None]
@@ -457,11 +461,13 @@ class HopeModel(HopePreTrainedModel):
         return HopeModelOutput(last_hidden_state=hidden, past_key_values=cache, hidden_states=all_hidden,
                                logits=logits)
 
-    def _accumulate(self, lstates, level_inputs, u, reference):
-        """Add sum_t grad_theta <MLP_theta(x_t), u_t> of the given positions to each level's pending sum."""
+    def _accumulate(self, lstates, level_inputs, u, reference, active):
+        """Add sum_t grad_theta <MLP_theta(x_t), u_t> of the given positions to each active level's pending sum."""
         grad_fn = cms_grad_reference if reference else cms_grad
         for layer, st, xins in zip(self.layers, lstates, level_inputs):
-            for lvl, lv, xin in zip(layer.cms, st["cms"], xins):
+            for lvl, lv, xin, on in zip(layer.cms, st["cms"], xins, active):
+                if not on:
+                    continue
                 g = grad_fn(lv.get("theta", lvl.theta0()), xin, u)
                 lv["grad"] = g if "grad" not in lv else tuple(a + b for a, b in zip(lv["grad"], g))
 

@@ -142,6 +142,17 @@ def test_streaming_any_split_equals_one_call():
             assert cache.get_seq_length() == x.shape[1]
 
 
+def test_without_a_cache_the_logits_are_the_same():
+    """Without a cache the model skips the gradient sums of levels that cannot commit in the call."""
+    model = make_model().eval()
+    x = ids(2, 70)
+    with torch.no_grad():
+        a = model(input_ids=x, use_cache=False)
+        b = model(input_ids=x, use_cache=True)
+    assert a.past_key_values is None
+    assert torch.equal(a.logits, b.logits)
+
+
 def test_left_padded_batch_equals_each_sample_alone():
     model = make_model().eval()
     a, b = ids(1, 40, seed=3), ids(1, 23, seed=4)
