@@ -10,6 +10,7 @@ CMS commits of the levels whose chunk ended. That span loop is the only loop ove
 """
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -205,6 +206,7 @@ class HopePreTrainedModel(PreTrainedModel):
     _no_split_modules = ["HopeBlock"]
     _is_stateful = True
     _supports_cache_class = True
+    model_card_writer = None           # set by `import hope_hf` (hope_hf.cards.write_model_card); None on the Hub
 
     @classmethod
     def _supports_default_dynamic_cache(cls):
@@ -216,7 +218,11 @@ class HopePreTrainedModel(PreTrainedModel):
         auto_map = {"AutoConfig": "configuration_hope.HopeConfig", "AutoModel": "modeling_hope.HopeModel",
                     "AutoModelForCausalLM": "modeling_hope.HopeForCausalLM"}
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **auto_map}
-        return super().save_pretrained(save_directory, *args, **kwargs)
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        card_writer = HopePreTrainedModel.model_card_writer
+        if card_writer is not None and not os.path.exists(os.path.join(save_directory, "README.md")):
+            card_writer(save_directory, self)
+        return result
 
     @torch.no_grad()
     def _init_weights(self, module):

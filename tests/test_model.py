@@ -252,6 +252,8 @@ def test_save_load_roundtrip_identical_logits(tmp_path, tie):
     with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
         keys = set(f.keys())
     assert ("lm_head.weight" in keys) == (not tie)
+    card = (tmp_path / "README.md").read_text()                 # save_pretrained writes a model card
+    assert "Hope" in card and "Limitations" in card
     loaded, info = AutoModelForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
     assert type(loaded) is HopeForCausalLM
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
