@@ -1,0 +1,449 @@
+"""Train Hope with Accelerate on a text corpus: one process, or many with `accelerate launch`.
+
+    hope-hf train --preset tiny --max-steps 300 --output-dir runs/train          # or: python -m hope_hf.train ...
+    accelerate launch --multi_gpu --num_processes 2 ... -m hope_hf.train ...    # see examples/train_multi_process.sh
+
+Data (`--dataset`): the embedded stdlib-docstring corpus (default), local text/json/jsonl/csv/parquet files, or a
+Hub dataset; packed into `--seq-len` blocks, a held-out validation split, and each process its own shard. The
+output directory receives `train_log.jsonl`, `loss.png`, `checkpoints/step-NNNNNNNN` (Accelerate state, written
+atomically; `--resume-from-checkpoint DIR|latest` continues exactly) and `final/` (`save_pretrained` model,
+tokenizer and model card).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
+
+from hope_hf import HopeCache, HopeConfig, HopeForCausalLM
+from hope_hf.data import EMBEDDED, check_seq_len, check_text_column, iter_batches, load_text_dataset, prepare_blocks
+
+CKPT_PREFIX = "step-"
+STATE_FILE = "trainer_state.json"
+# training arguments a resumed run must share with the checkpoint to continue exactly
+_RESUME_KEYS = ("dataset", "dataset_config", "split", "text_column", "streaming", "seq_len", "batch_size",
+                "grad_accum", "seed", "tbptt_segments", "val_fraction", "val_blocks", "world_size")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hope-hf train", description=__doc__.splitlines()[0])
+    a = p.add_argument_group("data").add_argument
+    a("--dataset", default=EMBEDDED, help="'stdlib' (embedded corpus, default), a local file/dir/glob, or a Hub name")
+    a("--dataset-config", default=None, help="Hub dataset config name")
+    a("--split", default="train", help="Hub dataset split (default train)")
+    a("--text-column", default="text")
+    a("--streaming", action="store_true", help="stream the dataset instead of loading it")
+    a("--seq-len", type=int, default=256, help="tokens per block (a multiple of the smallest CMS chunk)")
+    a("--val-fraction", type=float, default=0.05, help="held-out blocks (map-style datasets)")
+    a("--val-blocks", type=int, default=None, help="held-out blocks, overrides --val-fraction (streaming: 16)")
+    a = p.add_argument_group("model").add_argument
+    a("--preset", default="tiny", help="HopeConfig preset (tiny, small, 340m, 760m, 1.3b)")
+    a("--tokenizer", default=None, help="an AutoTokenizer path/name; default: train a byte-level BPE on the corpus")
+    a("--vocab-size", type=int, default=2048, help="vocab size of the trained BPE (default 2048)")
+    a("--tokenizer-docs", type=int, default=50_000, help="documents the BPE is trained on (default 50000)")
+    a = p.add_argument_group("optimisation").add_argument
+    a("--max-steps", type=int, default=300)
+    a("--batch-size", type=int, default=8, help="blocks per process per micro-step")
+    a("--grad-accum", type=int, default=1, help="micro-steps per optimizer step")
+    a("--lr", type=float, default=3e-3)
+    a("--warmup-steps", type=int, default=None, help="default: 10%% of --max-steps")
+    a("--weight-decay", type=float, default=0.1)
+    a("--max-grad-norm", type=float, default=1.0)
+    a("--bf16", action="store_true", help="bf16 autocast where the device supports it")
+    a("--activation-checkpointing", action="store_true")
+    a("--tbptt-segments", type=int, default=1, help="split each block into K segments, carrying the memory")
+    a("--seed", type=int, default=0)
+    a("--cpu", action="store_true", help="train on the CPU even if CUDA is available")
+    a = p.add_argument_group("logging and checkpoints").add_argument
+    a("--output-dir", type=Path, default=Path("runs/train"))
+    a("--overwrite-output-dir", action="store_true", help="delete checkpoints of an earlier run there")
+    a("--eval-every", type=int, default=100, help="validation every N steps (and at the end)")
+    a("--save-every", type=int, default=100, help="checkpoint every N steps (0: only at the end)")
+    a("--keep-checkpoints", type=int, default=2, help="most recent checkpoints kept (0: all)")
+    a("--resume-from-checkpoint", default=None, help="a checkpoint dir, or 'latest' in --output-dir")
+    a("--sample-prompt", default="The json module", help="prompt for a greedy sample at the end")
+    a("--sample-tokens", type=int, default=40, help="tokens to sample at the end (0: none)")
+    a("--debug-log-batches", action="store_true",
+      help="log hashes of every rank's first micro-batch per step, and of its parameters at the end")
+    return p
+
+
+# -- setup ------------------------------------------------------------------------------------------------------
+
+def make_accelerator(args) -> Accelerator:
+    """CPU (gloo) when CUDA is missing or --cpu; bf16 autocast when asked for and supported."""
+    cpu = args.cpu or not torch.cuda.is_available()
+    bf16 = args.bf16 and (cpu or torch.cuda.is_bf16_supported())
+    if args.bf16 and not bf16:
+        print("warning: bf16 is not supported on this device; training in float32")
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=has_unused_parameters(args))
+    return Accelerator(cpu=cpu, mixed_precision="bf16" if bf16 else "no",
+                       gradient_accumulation_steps=args.grad_accum, kwargs_handlers=[ddp])
+
+
+def has_unused_parameters(args) -> bool:
+    """Whether some parameters get no gradient in a training step (DDP must then look for them): with TBPTT the
+    initial memory states only reach the first segment's loss, and a CMS level whose chunk is not shorter than the
+    segment commits only after the last token, so its learning rate never reaches the loss."""
+    config = HopeConfig.from_preset(args.preset)
+    return args.tbptt_segments > 1 or args.seq_len <= max(config.cms_chunk_sizes, default=0)
+
+
+def validate_args(args) -> None:
+    """Fail before any data is read or anything is written."""
+    for name in ("max_steps", "batch_size", "grad_accum", "eval_every"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not 0 < args.val_fraction < 1:
+        raise ValueError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
+    check_seq_len(HopeConfig.from_preset(args.preset), args.seq_len, args.tbptt_segments)
+
+
+def find_checkpoint(output_dir: Path, spec: str | None) -> Path | None:
+    """The checkpoint to resume from: `spec` itself, or the newest complete one under output_dir for 'latest'."""
+    if spec is None:
+        return None
+    if spec != "latest":
+        path = Path(spec)
+        if not (path / STATE_FILE).is_file():
+            raise ValueError(f"{path} is not a training checkpoint (no {STATE_FILE})")
+        return path
+    done = sorted(p for p in (output_dir / "checkpoints").glob(CKPT_PREFIX + "*") if (p / STATE_FILE).is_file())
+    return done[-1] if done else None
+
+
+def load_tokenizer(args, ds, ckpt: Path | None, accelerator: Accelerator):
+    """--tokenizer, else the checkpoint's tokenizer, else a BPE trained on the corpus by the main process."""
+    if args.tokenizer:
+        try:
+            return AutoTokenizer.from_pretrained(args.tokenizer)
+        except OSError as e:
+            raise ValueError(f"could not load the tokenizer {args.tokenizer!r}: {e}") from e
+    if ckpt is not None:
+        return AutoTokenizer.from_pretrained(ckpt)
+    path = args.output_dir / "tokenizer"
+    if accelerator.is_main_process:
+        from hope_hf.tokenizer import train_bpe_tokenizer
+
+        docs = ds.take(args.tokenizer_docs) if args.streaming else ds.select(range(min(len(ds), args.tokenizer_docs)))
+        texts = (ex[args.text_column] for ex in docs if isinstance(ex.get(args.text_column), str))
+        train_bpe_tokenizer(texts, vocab_size=args.vocab_size).save_pretrained(path)
+    accelerator.wait_for_everyone()
+    return AutoTokenizer.from_pretrained(path)
+
+
+def build_config(args, tok, ckpt: Path | None) -> HopeConfig:
+    """The preset sized to the tokenizer; a checkpoint from another config is refused, naming the fields."""
+    config = HopeConfig.from_preset(args.preset, vocab_size=len(tok), pad_token_id=tok.pad_token_id,
+                                    bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    if ckpt is not None:
+        saved = HopeConfig.from_pretrained(ckpt).to_diff_dict()
+        ours = config.to_diff_dict()
+        ignore = {"transformers_version", "architectures", "auto_map", "dtype"}
+        diff = sorted(k for k in set(saved) | set(ours) if k not in ignore and saved.get(k) != ours.get(k))
+        if diff:
+            detail = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {ours.get(k)!r}" for k in diff)
+            raise ValueError(f"checkpoint {ckpt} was trained with another model config ({detail}); resume with the "
+                             f"same --preset and tokenizer, or start a new --output-dir")
+    return config
+
+
+def prepare_output_dir(args, ckpt: Path | None, accelerator: Accelerator) -> None:
+    """Refuse to mix a fresh run into an earlier run's checkpoints unless --overwrite-output-dir."""
+    ckpts = args.output_dir / "checkpoints"
+    if ckpt is None and ckpts.is_dir() and any(ckpts.iterdir()):
+        if not args.overwrite_output_dir:
+            raise ValueError(f"{args.output_dir} already holds checkpoints: pass --resume-from-checkpoint latest to "
+                             f"continue that run, or --overwrite-output-dir to delete them")
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            shutil.rmtree(ckpts)
+    accelerator.wait_for_everyone()
+
+
+# -- training ---------------------------------------------------------------------------------------------------
+
+def forward_backward(model, batch: torch.Tensor, segments: int, accelerator: Accelerator) -> torch.Tensor:
+    """Loss and gradients of one micro-batch; returns the mean next-token loss over the whole block.
+
+    With `segments` K > 1 (truncated BPTT) the block is read in K consecutive pieces with the HopeCache carried and
+    detached in between; every piece is scored against the next token (the boundary included) and normalised by
+    the block's token count, so the loss equals the one-piece loss and only the gradient is truncated."""
+    if segments == 1:
+        loss = model(input_ids=batch, labels=batch, use_cache=False).loss
+        accelerator.backward(loss)
+        return loss.detach()
+    targets = F.pad(batch[:, 1:], (0, 1), value=-100)
+    n_items = batch.shape[0] * (batch.shape[1] - 1)
+    cache, total = HopeCache(accelerator.unwrap_model(model).config), 0.0
+    for k, (ids, tgt) in enumerate(zip(batch.chunk(segments, 1), targets.chunk(segments, 1))):
+        sync = accelerator.no_sync(model) if k < segments - 1 else contextlib.nullcontext()
+        with sync:
+            out = model(input_ids=ids.contiguous(), labels=ids, shift_labels=tgt.contiguous(),
+                        num_items_in_batch=n_items, use_cache=True, past_key_values=cache)
+            accelerator.backward(out.loss)
+        cache = out.past_key_values.detach_()
+        total = total + out.loss.detach()
+    return total
+
+
+@torch.no_grad()
+def evaluate(model, val: torch.Tensor, batch_size: int, accelerator: Accelerator) -> float:
+    """Mean validation loss over all processes (each scores every world_size-th block)."""
+    model = accelerator.unwrap_model(model)
+    was_training = model.training
+    model.eval()
+    shard = val[accelerator.process_index:: accelerator.num_processes]
+    sums = torch.zeros(2, device=accelerator.device)
+    with accelerator.autocast():
+        for i in range(0, len(shard), batch_size):
+            b = shard[i: i + batch_size].to(accelerator.device)
+            loss = model(input_ids=b, labels=b, use_cache=False).loss.float()
+            sums += torch.stack([loss * len(b), torch.tensor(float(len(b)), device=sums.device)])
+    sums = accelerator.reduce(sums, "sum")
+    model.train(was_training)
+    return (sums[0] / sums[1]).item()
+
+
+def batch_hash(batch: torch.Tensor) -> int:
+    """A 62-bit hash of a batch's token ids (fits an int64 tensor for gather)."""
+    return int.from_bytes(hashlib.sha256(batch.cpu().numpy().tobytes()).digest()[:8], "little") >> 2
+
+
+def params_hash(model) -> int:
+    """A 62-bit hash of all parameter values (equal across data-parallel ranks when they stay in sync)."""
+    h = hashlib.sha256()
+    for p in model.parameters():
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    return int.from_bytes(h.digest()[:8], "little") >> 2
+
+
+class RunLog:
+    """`train_log.jsonl`, written by the main process; resuming keeps only the records up to the checkpoint."""
+
+    def __init__(self, path: Path, enabled: bool, resume_step: int | None):
+        self.path, self.enabled = path, enabled
+        if not enabled:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        kept = []
+        if resume_step is not None and path.exists():
+            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
+        path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, **record) -> None:
+        if self.enabled:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def records(self) -> list[dict]:
+        return [json.loads(line) for line in self.path.read_text().splitlines()] if self.path.exists() else []
+
+
+def save_checkpoint(accelerator: Accelerator, args, step: int, state: dict, config, tok) -> Path:
+    """`accelerator.save_state` into a temporary directory, then `os.replace` it into place (atomic)."""
+    root = args.output_dir / "checkpoints"
+    final, tmp = root / f"{CKPT_PREFIX}{step:08d}", root / f".tmp-{CKPT_PREFIX}{step:08d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        config.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))  # last: marks the checkpoint complete
+        if final.exists():
+            old = root / f".old-{final.name}"
+            os.replace(final, old)
+            shutil.rmtree(old)
+        os.replace(tmp, final)
+        prune_checkpoints(root, args.keep_checkpoints)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def prune_checkpoints(root: Path, keep: int) -> None:
+    if keep > 0:
+        for old in sorted(root.glob(CKPT_PREFIX + "*"))[:-keep]:
+            shutil.rmtree(old)
+
+
+def plot_losses(records: list[dict], path: Path) -> None:
+    """Training loss per step and validation loss (matplotlib Agg) into `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if train:
+        ax.plot(*zip(*train), label="train", lw=1)
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation")
+    ax.set(xlabel="optimizer step", ylabel="next-token loss (nats)", title="Hope training")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def save_final(model, tok, args, val_loss: float, tokens: int) -> Path:
+    """`save_pretrained` model + tokenizer (+ a model card when `hope_hf.cards` provides one) into output/final."""
+    final = args.output_dir / "final"
+    model.save_pretrained(final)
+    tok.save_pretrained(final)
+    try:
+        from hope_hf.cards import write_model_card
+    except ImportError:
+        return final
+    training = {"data": f"{args.dataset} ({'streamed, ' if args.streaming else ''}{args.seq_len}-token blocks)",
+                "steps": args.max_steps, "tokens seen": f"{tokens:,}",
+                "batch": f"{args.batch_size} x {args.seq_len} tokens x {args.grad_accum} accumulation per process",
+                "optimizer": f"AdamW (lr {args.lr:g}, weight decay {args.weight_decay:g}), cosine schedule",
+                "recipe": "`hope-hf train` (hope_hf.train)"}
+    write_model_card(final, model, training=training,
+                     eval_results={"validation loss": round(val_loss, 4),
+                                   "validation perplexity": round(math.exp(val_loss), 2)})
+    return final
+
+
+def sample(model, tok, prompt: str, n: int) -> str:
+    enc = tok(prompt, return_tensors="pt", return_token_type_ids=False).to(model.device)
+    out = model.generate(**enc, max_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id)
+    return tok.decode(out[0], skip_special_tokens=True)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Run training; returns the final `save_pretrained` directory."""
+    args = build_parser().parse_args(argv)
+    validate_args(args)
+    accelerator = make_accelerator(args)
+    is_main = accelerator.is_main_process
+    set_seed(args.seed)
+    ckpt = find_checkpoint(args.output_dir, args.resume_from_checkpoint)
+    if args.resume_from_checkpoint == "latest" and ckpt is None:
+        accelerator.print(f"no checkpoint in {args.output_dir / 'checkpoints'}: starting from scratch")
+
+    with accelerator.main_process_first():
+        ds = load_text_dataset(args.dataset, args.dataset_config, args.split, args.streaming)
+    check_text_column(ds, args.text_column)
+    tok = load_tokenizer(args, ds, ckpt, accelerator)
+    config = build_config(args, tok, ckpt)
+    resumed = json.loads((ckpt / STATE_FILE).read_text()) if ckpt else None
+    run_args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    run_args["world_size"] = accelerator.num_processes
+    if resumed:
+        changed = [k for k in _RESUME_KEYS if resumed["args"].get(k) != run_args[k]]
+        if changed:
+            accelerator.print(f"warning: {', '.join(changed)} differ from the checkpoint: the resumed run will not "
+                              f"reproduce the original one")
+    prepare_output_dir(args, ckpt, accelerator)
+    with accelerator.main_process_first():
+        blocks = prepare_blocks(ds, tok, args.seq_len, args.text_column, args.val_fraction, args.val_blocks,
+                                args.seed, accelerator.process_index, accelerator.num_processes)
+
+    model = HopeForCausalLM(config)
+    if args.activation_checkpointing:
+        model.activation_checkpointing_enable()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
+    warmup = args.warmup_steps if args.warmup_steps is not None else max(1, args.max_steps // 10)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, args.max_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)  # stepped by us once per optimizer step
+
+    step, tokens, elapsed = 0, 0, 0.0
+    if ckpt is not None:
+        accelerator.load_state(str(ckpt))
+        step, tokens, elapsed = resumed["step"], resumed["tokens"], resumed["elapsed"]
+        accelerator.print(f"resumed from {ckpt} at step {step}")
+    log = RunLog(args.output_dir / "train_log.jsonl", is_main, step if ckpt else None)
+    n_params = sum(p.numel() for p in model.parameters())
+    accelerator.print(f"model: Hope {args.preset}, {n_params:,} parameters, vocab {len(tok)}; "
+                      f"{accelerator.num_processes} process(es) on {accelerator.device}; train blocks "
+                      f"{blocks.num_train if blocks.num_train is not None else '(streamed)'}, val blocks "
+                      f"{len(blocks.val)} of {args.seq_len}")
+
+    if ckpt is None:  # the untrained model's validation loss, for the log and the plot
+        val0 = evaluate(model, blocks.val, args.batch_size, accelerator)
+        log.write(step=0, val_loss=val0, val_ppl=math.exp(val0))
+    batches = iter_batches(blocks.train, args.batch_size, args.seed, start=step * args.grad_accum)
+    tokens_per_step = args.batch_size * args.seq_len * args.grad_accum * accelerator.num_processes
+    bar = tqdm(total=args.max_steps, initial=step, desc="train", unit="step", disable=not is_main)
+    model.train()
+    val_loss = float("nan")
+    while step < args.max_steps:
+        t0 = time.perf_counter()
+        loss = torch.zeros((), device=accelerator.device)
+        for micro in range(args.grad_accum):
+            batch = next(batches).to(accelerator.device)
+            if args.debug_log_batches and micro == 0:
+                hashes = accelerator.gather(torch.tensor([batch_hash(batch)], device=accelerator.device))
+                log.write(step=step + 1, batch_hashes=hashes.tolist())
+            with accelerator.accumulate(model):
+                loss += forward_backward(model, batch, args.tbptt_segments, accelerator) / args.grad_accum
+        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        tokens += tokens_per_step
+        loss = accelerator.reduce(loss, "mean").item()
+        elapsed += time.perf_counter() - t0  # training time only (no evaluation or checkpointing)
+        lr = scheduler.get_last_lr()[0]
+        tok_s = tokens / elapsed
+        log.write(step=step, loss=loss, lr=lr, tokens=tokens, tokens_per_s=round(tok_s, 1))
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
+        if step % args.eval_every == 0 or step == args.max_steps:
+            val_loss = evaluate(model, blocks.val, args.batch_size, accelerator)
+            log.write(step=step, val_loss=val_loss, val_ppl=math.exp(val_loss))
+            if is_main:
+                tqdm.write(f"step {step}: val loss {val_loss:.4f}, perplexity {math.exp(val_loss):,.2f}")
+        if (args.save_every and step % args.save_every == 0) or step == args.max_steps:
+            state = {"step": step, "tokens": tokens, "elapsed": elapsed, "args": run_args}
+            save_checkpoint(accelerator, args, step, state, config, tok)
+    bar.close()
+    if args.debug_log_batches:
+        digest = torch.tensor([params_hash(model)], device=accelerator.device)
+        log.write(step=step, param_hashes=accelerator.gather(digest).tolist())
+    if math.isnan(val_loss):  # resumed from the last checkpoint: nothing left to train
+        val_loss = evaluate(model, blocks.val, args.batch_size, accelerator)
+
+    final = args.output_dir / "final"
+    if is_main:
+        model = accelerator.unwrap_model(model)
+        final = save_final(model, tok, args, val_loss, tokens)
+        plot_losses(log.records(), args.output_dir / "loss.png")
+        print(f"validation loss {val_loss:.4f}, perplexity {math.exp(val_loss):,.2f} after {step} steps, "
+              f"{tokens:,} tokens")
+        if args.sample_tokens:
+            print(f"greedy sample: {sample(model, tok, args.sample_prompt, args.sample_tokens)!r}")
+        print(f"model: {final.resolve()}\nplot: {(args.output_dir / 'loss.png').resolve()}\n"
+              f"log: {log.path.resolve()}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return final
+
+
+if __name__ == "__main__":
+    from hope_hf.cli import run
+
+    run(main)
