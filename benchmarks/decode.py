@@ -3,7 +3,7 @@ Hope vs a parameter-matched LlamaForCausalLM (its KV cache), in one run.
 
     python -m benchmarks.decode [--quick] [--preset tiny] [--out benchmarks/results]
 
-Writes `<out>/decode.json` and `<out>/decode.png`.
+Writes `<out>/decode.json` and `<out>/decode.png` (committed results for `small` are renamed decode_small.*).
 """
 
 import argparse

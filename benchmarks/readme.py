@@ -63,8 +63,8 @@ def main():
     lines = []
     if (res / "speed.json").exists():
         lines += speed_section(json.loads((res / "speed.json").read_text()))
-    if (res / "decode.json").exists():
-        lines += decode_section(json.loads((res / "decode.json").read_text()))
+    for path in sorted(res.glob("decode*.json")):
+        lines += decode_section(json.loads(path.read_text()))
     if (res / "gpu_smoke.json").exists():
         lines += gpu_section(json.loads((res / "gpu_smoke.json").read_text()))
     readme = ROOT / "README.md"
