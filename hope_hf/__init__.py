@@ -7,7 +7,6 @@ AutoModelForCausalLM.
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .cache_hope import HopeCache
-from .cards import write_model_card
 from .configuration_hope import PRESETS, HopeConfig
 from .modeling_hope import HopeForCausalLM, HopeModel, HopePreTrainedModel
 
@@ -18,8 +17,16 @@ AutoModelForCausalLM.register(HopeConfig, HopeForCausalLM, exist_ok=True)
 HopeConfig.register_for_auto_class()
 HopeModel.register_for_auto_class("AutoModel")
 HopeForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+
+
+def _write_model_card(directory, model):
+    from .cards import write_model_card
+
+    return write_model_card(directory, model)
+
+
 # save_pretrained writes a model card (README.md) when the directory has none
-HopePreTrainedModel.model_card_writer = staticmethod(write_model_card)
+HopePreTrainedModel.model_card_writer = staticmethod(_write_model_card)
 
 __version__ = "0.1.0"
 __all__ = ["HopeConfig", "HopeModel", "HopeForCausalLM", "HopePreTrainedModel", "HopeCache", "PRESETS"]

@@ -72,7 +72,7 @@ class HopeConfig(PreTrainedConfig):
     use_momentum: bool = True
     adaptive_query: bool = True
     memory_objective: str = "l2"
-    memory_lr_max: float = 1.0
+    memory_lr_max: float = 0.1
     cms_lr_init: float = 1e-3
     cms_teach_signal: str = "final"
     rms_norm_eps: float = 1e-6
