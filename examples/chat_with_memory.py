@@ -13,7 +13,6 @@ conversation ids beside it (PATH + ".ids.json") after every turn, and a later ru
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -22,28 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import hope_hf  # noqa: F401 - registers the Auto classes
 from hope_hf import HopeCache
-
-
-def ids_path(session: Path) -> Path:
-    return session.with_name(session.name + ".ids.json")
-
-
-def load_session(session: Path | None, model) -> tuple[HopeCache, list[int]]:
-    """The saved memory and conversation ids, or a fresh cache and an empty conversation."""
-    if session is None or not session.exists():
-        return HopeCache(model.config), []
-    cache = HopeCache.load(session, config=model.config, device=model.device)
-    ids = json.loads(ids_path(session).read_text())["ids"]
-    if cache.get_seq_length() != len(ids) - 1:
-        raise ValueError(f"{session} has consumed {cache.get_seq_length()} tokens but the saved conversation has "
-                         f"{len(ids)}: the two files do not belong together")
-    return cache, ids
-
-
-def save_session(session: Path, cache: HopeCache, ids: list[int]) -> None:
-    session.parent.mkdir(parents=True, exist_ok=True)
-    cache.save(session)
-    ids_path(session).write_text(json.dumps({"ids": ids}))
+from hope_hf.generate import ids_path, load_session, save_session  # noqa: F401 - ids_path: the session's id file
 
 
 def memory_report(cache: HopeCache, config) -> str:

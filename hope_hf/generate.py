@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _ids_path(session: Path) -> Path:
+def ids_path(session: Path) -> Path:
+    """Where the conversation's token ids are kept beside a memory session file."""
     return session.with_name(session.name + ".ids.json")
 
 
@@ -41,11 +42,18 @@ def load_session(session: Path | None, model) -> tuple[HopeCache, list[int]]:
     if session is None or not session.exists():
         return HopeCache(model.config), []
     cache = HopeCache.load(session, config=model.config, device=model.device)
-    ids = json.loads(_ids_path(session).read_text())["ids"]
+    ids = json.loads(ids_path(session).read_text())["ids"]
     if cache.get_seq_length() != len(ids) - 1:
         raise ValueError(f"{session} has consumed {cache.get_seq_length()} tokens but its conversation has "
                          f"{len(ids)}: the session files do not belong together")
     return cache, ids
+
+
+def save_session(session: Path, cache: HopeCache, ids: list[int]) -> None:
+    """Write the memory (safetensors) and the conversation ids (JSON) of a session."""
+    session.parent.mkdir(parents=True, exist_ok=True)
+    cache.save(session)
+    ids_path(session).write_text(json.dumps({"ids": ids}))
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -67,9 +75,7 @@ def main(argv: list[str] | None = None) -> str:
                          pad_token_id=tok.pad_token_id, **sampling)
     text = tok.decode(out.sequences[0, history.shape[1]:], skip_special_tokens=True)
     if args.session is not None:
-        args.session.parent.mkdir(parents=True, exist_ok=True)
-        out.past_key_values.save(args.session)
-        _ids_path(args.session).write_text(json.dumps({"ids": out.sequences[0].tolist()}))
+        save_session(args.session, out.past_key_values, out.sequences[0].tolist())
     print(text)
     return text
 

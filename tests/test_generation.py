@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, pipeline
+from transformers import pipeline
 
 import hope_hf  # noqa: F401
 from hope_hf import HopeCache, HopeConfig, HopeForCausalLM
