@@ -31,12 +31,14 @@ from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 
 from hope_hf import HopeCache, HopeConfig, HopeForCausalLM
 from hope_hf.data import EMBEDDED, check_seq_len, check_text_column, iter_batches, load_text_dataset, prepare_blocks
+from hope_hf.optim import OPTIMIZERS, create_optimizer
 
 CKPT_PREFIX = "step-"
 STATE_FILE = "trainer_state.json"
 # training arguments a resumed run must share with the checkpoint to continue exactly
 _RESUME_KEYS = ("dataset", "dataset_config", "split", "text_column", "streaming", "seq_len", "batch_size",
-                "grad_accum", "seed", "tbptt_segments", "val_fraction", "val_blocks", "world_size")
+                "grad_accum", "seed", "tbptt_segments", "val_fraction", "val_blocks", "world_size", "optimizer",
+                "cms_outer_periods")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--batch-size", type=int, default=8, help="blocks per process per micro-step")
     a("--grad-accum", type=int, default=1, help="micro-steps per optimizer step")
     a("--lr", type=float, default=3e-3)
+    a("--optimizer", choices=OPTIMIZERS, default="adamw",
+      help="adamw (default), m3 (multi-scale momentum Muon) or dmgd (deep momentum GD); see hope_hf.optim")
+    a("--cms-outer-periods", type=int, nargs="+", default=None,
+      help="outer update period of each CMS level's initial state, in training tokens (multi-frequency stepping)")
     a("--warmup-steps", type=int, default=None, help="default: 10%% of --max-steps")
     a("--weight-decay", type=float, default=0.1)
     a("--max-grad-norm", type=float, default=1.0)
@@ -317,7 +323,9 @@ def save_final(model, tok, args, val_loss: float, tokens: int) -> Path:
     training = {"data": f"{args.dataset} ({'streamed, ' if args.streaming else ''}{args.seq_len}-token blocks)",
                 "steps": args.max_steps, "tokens seen": f"{tokens:,}",
                 "batch": f"{args.batch_size} x {args.seq_len} tokens x {args.grad_accum} accumulation per process",
-                "optimizer": f"AdamW (lr {args.lr:g}, weight decay {args.weight_decay:g}), cosine schedule",
+                "optimizer": f"{args.optimizer} (lr {args.lr:g}, weight decay {args.weight_decay:g}"
+                             + (f", CMS outer periods {args.cms_outer_periods} tokens" if args.cms_outer_periods
+                                else "") + "), cosine schedule",
                 "recipe": "`hope-hf train` (hope_hf.train)"}
     write_model_card(final, model, training=training,
                      eval_results={"validation loss": round(val_loss, 4),
@@ -363,7 +371,15 @@ def main(argv: list[str] | None = None) -> Path:
     model = HopeForCausalLM(config)
     if args.activation_checkpointing:
         model.activation_checkpointing_enable()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
+    tokens_per_step = args.batch_size * args.seq_len * args.grad_accum * accelerator.num_processes
+    if args.optimizer == "adamw" and not args.cms_outer_periods:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95),
+                                      weight_decay=args.weight_decay)
+    else:
+        optimizer = create_optimizer(model, args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
+                                     cms_periods=args.cms_outer_periods, period_unit="tokens",
+                                     tokens_per_step=tokens_per_step,
+                                     **({"betas": (0.9, 0.95)} if args.optimizer == "adamw" else {}))
     warmup = args.warmup_steps if args.warmup_steps is not None else max(1, args.max_steps // 10)
     scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, args.max_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -385,7 +401,6 @@ def main(argv: list[str] | None = None) -> Path:
         val0 = evaluate(model, blocks.val, args.batch_size, accelerator)
         log.write(step=0, val_loss=val0, val_ppl=math.exp(val0))
     batches = iter_batches(blocks.train, args.batch_size, args.seed, start=step * args.grad_accum)
-    tokens_per_step = args.batch_size * args.seq_len * args.grad_accum * accelerator.num_processes
     bar = tqdm(total=args.max_steps, initial=step, desc="train", unit="step", disable=not is_main)
     model.train()
     val_loss = float("nan")
