@@ -58,6 +58,15 @@ def decode_section(d):
     return lines
 
 
+def optimizers_section(d):
+    from benchmarks.optimizers import markdown
+
+    s = d["setup"]
+    return ["", f"Optimizers (`python -m benchmarks.optimizers`, Hope tiny on the embedded corpus, {s['steps']} steps of "
+            f"{s['tokens_per_step']} tokens, same initial weights and batches; CMS level 2 stepped every "
+            f"{s['cms_outer_periods_steps'][1]} steps):", "", markdown(d)]
+
+
 def main():
     res = ROOT / "benchmarks" / "results"
     lines = []
@@ -65,6 +74,8 @@ def main():
         lines += speed_section(json.loads((res / "speed.json").read_text()))
     for path in sorted(res.glob("decode*.json")):
         lines += decode_section(json.loads(path.read_text()))
+    if (res / "optimizers.json").exists() and not json.loads((res / "optimizers.json").read_text())["setup"]["quick"]:
+        lines += optimizers_section(json.loads((res / "optimizers.json").read_text()))
     if (res / "gpu_smoke.json").exists():
         lines += gpu_section(json.loads((res / "gpu_smoke.json").read_text()))
     readme = ROOT / "README.md"
