@@ -176,28 +176,23 @@ def memory_update(state, k, vhat, eta, log_alpha, log_beta, mask, objective, use
     """Write tokens [k, vhat] into a memory group; reads/gradients use the chunk-start state (W1r, W2r).
 
     state tensors: [B, H, n, ...]; k: [B, H, 1, c, d]; vhat: [B, H, n, c, d]; eta, log_alpha: [B, H, c];
-    log_beta: [H] or None; mask: [B, c]. The fast path uses `dgd_chunk`; the reference steps token by token with `dgd_step`
-    and autograd gradients of the inner loss (Eq. 88 literally)."""
+    log_beta: [H] or None; mask: [B, c]. The fast path uses `dgd_chunk` (one token: `dgd_step`); the reference
+    steps token by token with `dgd_step` and autograd gradients of the inner loss (Eq. 88 literally)."""
     eta_m, log_alpha, log_beta = _masked_gates(eta, log_alpha, log_beta, mask)
     new = dict(state)
     if not reference:
         h, d1, d2 = memory_errors(state["W1r"], state["W2r"], k, vhat, objective)
-        rho = eta_m if use_dgd else None
-        E1, E2 = -eta_m.unsqueeze(-1) * d1, -eta_m.unsqueeze(-1) * d2
-        if k.shape[-2] == 1:                                     # one token (decoding): the step itself
-            one = lambda t: t[..., 0]                            # noqa: E731
-            w, a = mask[:, None, None, 0].to(k.dtype), torch.exp(one(log_alpha))
-            b = None if log_beta is None else torch.exp(one(log_beta))
-            r = torch.zeros_like(one(eta_m)) if rho is None else one(rho)
-            unit = torch.ones_like(r)
-            new["W1"], S1 = dgd_step(state["W1"], state.get("S1"), one(h.transpose(-1, -2)),
-                                     -one(E1.transpose(-1, -2)).unsqueeze(-1) * one(h.transpose(-1, -2)).unsqueeze(-2),
-                                     unit, r, a, b, w)
-            new["W2"], S2 = dgd_step(state["W2"], state.get("S2"), one(k.transpose(-1, -2)),
-                                     -one(E2.transpose(-1, -2)).unsqueeze(-1) * one(k.transpose(-1, -2)).unsqueeze(-2),
-                                     unit, r, a, b, w)
+        if k.shape[-2] == 1:                     # one token (decoding): the step itself, gradient delta a^T
+            e, w = eta_m[..., 0], mask[:, None, None, 0].to(k.dtype)
+            alpha, beta = torch.exp(log_alpha[..., 0]), None if log_beta is None else torch.exp(log_beta[..., 0])
+            rho = e if use_dgd else torch.zeros_like(e)
+            outer = lambda d, x: d[..., 0, :].unsqueeze(-1) * x[..., 0, :].unsqueeze(-2)  # noqa: E731
+            new["W1"], S1 = dgd_step(state["W1"], state.get("S1"), h[..., 0, :], outer(d1, h), e, rho, alpha, beta, w)
+            new["W2"], S2 = dgd_step(state["W2"], state.get("S2"), k[..., 0, :], outer(d2, k), e, rho, alpha, beta, w)
         else:
             gates = chunk_gates(log_alpha, log_beta, mask[:, None, None, :].to(k.dtype))
+            rho = eta_m if use_dgd else None
+            E1, E2 = -eta_m.unsqueeze(-1) * d1, -eta_m.unsqueeze(-1) * d2
             new["W1"], S1 = dgd_chunk(state["W1"], state.get("S1"), h, E1, rho, None, gates=gates)
             new["W2"], S2 = dgd_chunk(state["W2"], state.get("S2"), k, E2, rho, None, gates=gates)
         if log_beta is not None:
@@ -262,8 +257,8 @@ def projection_memories(params, state, u, mask, offset, cfg, reference=False):
 def output_memory(params, state, k, v, q, eta, log_alpha, mask, offset, cfg, reference=False):
     """The memory M_memory (arXiv Eq. 86/88/94-95), chunk size C_m: o_t = M(q_t) read before the write.
 
-    k, v, q: [B, H, T, d]; eta, log_alpha: [B, H, T]; params: log_beta [H] or None. With self-modification the target is M(v_t) (Eq. 87), else v_t
-    (plain Titans). Returns (o [B, H, T, d], new_state)."""
+    k, v, q: [B, H, T, d]; eta, log_alpha: [B, H, T]; params: log_beta [H] or None. With self-modification the
+    target is M(v_t) (Eq. 87), else v_t (plain Titans). Returns (o [B, H, T, d], new_state)."""
     chunk = cfg["memory_chunk_size"]
     outs = []
     for f, f_end in _column_ranges(q.shape[2], offset, chunk, reference):

@@ -205,7 +205,6 @@ class HopePreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["HopeBlock"]
     _is_stateful = True
-    _supports_cache_class = True
     model_card_writer = None           # set by `import hope_hf` (hope_hf.cards.write_model_card); None on the Hub
 
     @classmethod
@@ -244,7 +243,8 @@ class HopePreTrainedModel(PreTrainedModel):
                 init.constant_(module.eta_b, -2.0)
                 init.constant_(module.alpha_b, 4.0)
             else:
-                bias = torch.cat([torch.full((c.num_attention_heads,), -2.0), torch.full((c.num_attention_heads,), 4.0)])
+                H = c.num_attention_heads
+                bias = torch.cat([torch.full((H,), -2.0), torch.full((H,), 4.0)])
                 init.copy_(module.gate_logits.bias, bias.to(module.gate_logits.bias.device))
             for name in ("bank_beta_logit", "mem_beta_logit"):
                 if hasattr(module, name):
@@ -532,7 +532,8 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
             if next_sequence_length is not None and next_sequence_length <= 0:
                 raise ValueError(
                     f"the HopeCache has already consumed {seen} tokens but input_ids has {input_ids.shape[1]}: nothing "
-                    f"new to read. If you ran forward() over the whole prompt yourself, consume all but its last token; "
+                    f"new to read. If you ran forward() over the whole prompt yourself, consume all but its last "
+                    f"token; "
                     f"otherwise {hint}.")
             cached_batch = past_key_values.model_state["count"].shape[0]
             batch = (inputs_embeds if inputs_embeds is not None else input_ids).shape[0]
