@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from benchmarks.speed import machine_info, matched_llama, n_params
+from benchmarks.common import machine_info, matched_llama, n_params
 from hope_hf import HopeConfig, HopeForCausalLM
 from hope_hf.cache_hope import tree_map
 

@@ -13,57 +13,18 @@ and prints a markdown table.
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
-import transformers
 from tqdm import tqdm
-from transformers import LlamaConfig, LlamaForCausalLM
 
+from benchmarks.common import busy_cpu_s, machine_info, matched_llama, n_params
 from hope_hf import HopeConfig, HopeForCausalLM
 
 VOCAB = {"tiny": 2048, "small": 32000}
 REFERENCE_LIMIT_S = 60.0
-
-
-def machine_info() -> dict:
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "transformers": transformers.__version__,
-            "load_avg_1m_at_start": os.getloadavg()[0]}  # > cpu_count: other processes shared the CPUs
-
-
-def busy_cpu_s() -> tuple[float, float] | None:
-    """(CPU seconds spent by all processes since boot, by this process) on Linux; None elsewhere."""
-    try:
-        with open("/proc/stat") as f:
-            user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
-    except (OSError, ValueError):
-        return None
-    own = os.times()
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK"), own.user + own.system
-
-
-def n_params(model) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def matched_llama(config: HopeConfig, max_len: int) -> LlamaForCausalLM:
-    """Llama with Hope's vocab/width/depth/heads and tied embeddings; MLP width solved for equal parameter count."""
-    def cfg(intermediate):
-        return LlamaConfig(vocab_size=config.vocab_size, hidden_size=config.hidden_size,
-                           num_hidden_layers=config.num_hidden_layers, num_attention_heads=config.num_attention_heads,
-                           num_key_value_heads=config.num_attention_heads, intermediate_size=intermediate,
-                           max_position_embeddings=max_len, tie_word_embeddings=True)
-    with torch.device("meta"):  # parameters are linear in intermediate_size: count two points, solve
-        target = n_params(HopeForCausalLM(config))
-        p64, p128 = (n_params(LlamaForCausalLM(cfg(i))) for i in (64, 128))
-    per_unit = (p128 - p64) / 64
-    intermediate = max(32, round((64 + (target - p64) / per_unit) / 32) * 32)
-    return LlamaForCausalLM(cfg(intermediate))
 
 
 def time_iters(fn, iters: int, budget_s: float, warmup: bool = True) -> list[float]:

@@ -1,11 +1,13 @@
-"""An offline text corpus: the docstrings of Python's own pure-Python standard library.
+"""Offline text corpora from Python's own pure-Python standard library: its docstrings (English/technical prose,
+`stdlib_docs_text`) and its code with docstrings and comments stripped (a second domain, `stdlib_code_text`).
 
-Package-only module (not copied to the Hub). It needs no download, so the demo and the tests can train a
-tokenizer and a model on real English/technical prose anywhere Python runs.
+Package-only module (not copied to the Hub). They need no download, so the demo, the tests and the benchmarks can
+train a tokenizer and a model on real text anywhere Python runs.
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import importlib
 import importlib.util
@@ -128,7 +130,59 @@ def stdlib_docs_text(max_chars: int | None = None) -> list[str]:
     return out
 
 
-__all__ = ["module_docs", "stdlib_docs_text", "stdlib_module_names"]
+def _strip_docstrings(tree: ast.AST) -> ast.AST:
+    """Drop the docstring of the module and of every class and function (an empty body gets `pass`)."""
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+def stdlib_code_text(max_chars: int | None = None) -> list[str]:
+    """The source code of the same standard-library modules as `stdlib_docs_text`, one document per top-level
+    function or class (module-level statements between them are grouped into one document), with docstrings and
+    comments removed (`ast.unparse`), so it shares no text with the docstring corpus: a second domain (code).
+
+    Reads the `.py` files without importing anything; frozen modules without a source file are skipped. Deterministic
+    for a given Python installation (modules in sorted order, statements in file order). `max_chars` as in
+    `stdlib_docs_text`."""
+    out: list[str] = []
+    total = 0
+    for name in stdlib_module_names():
+        spec = importlib.util.find_spec(name)
+        if spec is None or not (spec.origin or "").endswith(".py"):
+            continue
+        try:
+            with open(spec.origin, encoding="utf-8") as f:
+                tree = _strip_docstrings(ast.parse(f.read()))
+        except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        loose: list[ast.stmt] = []
+        for node in tree.body + [None]:
+            is_def = isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+            if (is_def or node is None) and loose:
+                docs = [ast.unparse(ast.Module(body=loose, type_ignores=[]))]
+                loose = []
+            else:
+                docs = []
+            if is_def:
+                docs.append(ast.unparse(node))
+            elif node is not None:
+                loose.append(node)
+            for doc in docs:
+                if max_chars is not None and total + len(doc) >= max_chars:
+                    if max_chars > total:
+                        out.append(doc[: max_chars - total])
+                    return out
+                out.append(doc)
+                total += len(doc)
+    return out
+
+
+__all__ = ["module_docs", "stdlib_code_text", "stdlib_docs_text", "stdlib_module_names"]
 
 
 if __name__ == "__main__":  # the isolated worker used by stdlib_docs_text
