@@ -25,6 +25,7 @@ from hope_hf.corpus import stdlib_code_text, stdlib_docs_text
 from hope_hf.tokenizer import train_bpe_tokenizer
 
 RESULTS = Path("benchmarks/results")
+QUICK_RESULTS = RESULTS / "quick"  # smoke-run results never overwrite the full ones
 CORPORA = {"docs": stdlib_docs_text, "code": stdlib_code_text}
 CORPUS_DESCRIPTIONS = {"docs": "docstrings of the Python standard library (English technical prose)",
                        "code": "source code of the Python standard library, docstrings and comments stripped"}
@@ -52,9 +53,14 @@ def busy_cpu_s() -> tuple[float, float] | None:
 
 
 class Run:
-    """Wall time and the CPU cores other processes kept busy during a benchmark (should be ~0 for timings)."""
+    """Wall time and the CPU cores other processes kept busy during a benchmark (should be ~0 for timings).
+
+    `BENCH_THREADS=n` in the environment sets torch's thread count first (oversubscribed cores slow Hope's many small
+    ops down 10-100x, so use 1 when benchmarks that do not report timings share the machine)."""
 
     def __init__(self):
+        if os.environ.get("BENCH_THREADS"):  # e.g. 1 when several benchmarks share the cores
+            torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
         self.machine = machine_info()
         self.start, self.busy = time.perf_counter(), busy_cpu_s()
 

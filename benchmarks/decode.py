@@ -3,18 +3,18 @@ Hope vs a parameter-matched LlamaForCausalLM (its KV cache), in one run.
 
     python -m benchmarks.decode [--quick] [--preset tiny] [--out benchmarks/results]
 
-Writes `<out>/decode.json` and `<out>/decode.png` (committed results for `small` are renamed decode_small.*).
+Writes `<out>/decode_<preset>.json` and `<out>/decode_<preset>.png`. Targets: Hope's ms/token flat within 10% from
+the shortest to the longest prompt; Hope's state <= 5% of Llama's KV cache at 8192 tokens.
 """
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from benchmarks.common import machine_info, matched_llama, n_params
+from benchmarks.common import QUICK_RESULTS, RESULTS, Run, matched_llama, n_params, write_results
 from hope_hf import HopeConfig, HopeForCausalLM
 from hope_hf.cache_hope import tree_map
 
@@ -41,44 +41,53 @@ def state_bytes(cache) -> int:
 
 
 @torch.no_grad()
-def decode(model, prompt_len: int, new_tokens: int, chunk: int = 4096) -> dict:
+def decode(model, prompt_len: int, new_tokens: int, chunk: int = 4096, device="cpu", autocast_dtype=None) -> dict:
     """Prefill `prompt_len` random tokens (in pieces of `chunk`, carrying the cache), then time greedy steps."""
     model.eval()
-    ids = torch.randint(3, model.config.vocab_size, (1, prompt_len))
+    ids = torch.randint(3, model.config.vocab_size, (1, prompt_len), device=device)
     cache, out = None, None
-    for s in range(0, prompt_len, chunk):
-        kw = {"past_key_values": cache} if cache is not None else {}
-        out = model(input_ids=ids[:, s:s + chunk], use_cache=True, logits_to_keep=1, **kw)
-        cache = out.past_key_values
-    tok = out.logits[:, -1:].argmax(-1)
-    times = []
-    for _ in range(new_tokens):
-        t = time.perf_counter()
-        out = model(input_ids=tok, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        times.append(time.perf_counter() - t)
-        cache, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    cuda = torch.device(device).type == "cuda"
+    with torch.autocast(torch.device(device).type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        for s in range(0, prompt_len, chunk):
+            kw = {"past_key_values": cache} if cache is not None else {}
+            out = model(input_ids=ids[:, s:s + chunk], use_cache=True, logits_to_keep=1, **kw)
+            cache = out.past_key_values
+        tok = out.logits[:, -1:].argmax(-1)
+        times = []
+        for _ in range(new_tokens):
+            if cuda:
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            out = model(input_ids=tok, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            cache, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            if cuda:
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
     times.sort()
     return {"prompt_tokens": prompt_len, "ms_per_token_median": 1000 * times[len(times) // 2],
             "state_bytes": state_bytes(cache)}
 
 
-def run(preset="tiny", lengths=(256, 2048, 8192, 32768), new_tokens=16, out_dir=Path("benchmarks/results")):
+def run(preset="tiny", lengths=(256, 2048, 8192, 32768), new_tokens=16, out_dir=RESULTS,
+        quick=False, device="cpu", autocast_dtype=None, name=None):
+    bench = Run()
     torch.manual_seed(0)
     config = HopeConfig.from_preset(preset, vocab_size=2048 if preset == "tiny" else 32000)
-    hope = HopeForCausalLM(config)
-    llama = matched_llama(config, max(lengths) + new_tokens + 1)
-    res = {"machine": machine_info(), "preset": preset, "new_tokens": new_tokens,
+    hope = HopeForCausalLM(config).to(device)
+    llama = matched_llama(config, max(lengths) + new_tokens + 1).to(device)
+    res = {"quick": quick, "preset": preset, "new_tokens": new_tokens, "device": str(device),
+           "dtype": "float32" if autocast_dtype is None else f"autocast {autocast_dtype}",
+           "targets": {"hope_ms_ratio_longest_over_shortest": 1.1, "hope_state_over_llama_kv_at_8192": 0.05},
            "params": {"hope": n_params(hope), "llama": n_params(llama)}, "rows": []}
     for L in tqdm(lengths, desc="decode"):
-        res["rows"].append({"prompt_tokens": L, "hope": decode(hope, L, new_tokens), "llama": decode(llama, L, new_tokens)})
+        res["rows"].append({"prompt_tokens": L, **{k: decode(m, L, new_tokens, device=device, autocast_dtype=autocast_dtype)
+                                                   for k, m in (("hope", hope), ("llama", llama))}})
     h = {r["prompt_tokens"]: r["hope"] for r in res["rows"]}
     ll = {r["prompt_tokens"]: r["llama"] for r in res["rows"]}
     res["hope_ms_ratio_longest_over_shortest"] = h[max(h)]["ms_per_token_median"] / h[min(h)]["ms_per_token_median"]
     if 8192 in h:
         res["hope_state_over_llama_kv_at_8192"] = h[8192]["state_bytes"] / ll[8192]["state_bytes"]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "decode.json").write_text(json.dumps(res, indent=2))
-    plot(res, out_dir / "decode.png")
+    write_results(out_dir, name or f"decode_{preset}", bench.finish(res), plot)
     return res
 
 
@@ -105,16 +114,34 @@ def plot(res, path):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
+    p.add_argument("--quick", action="store_true", help="prompts of 256 and 2048 tokens, 8 new tokens")
     p.add_argument("--preset", default="tiny")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--lengths", type=int, nargs="+", help="prompt lengths (default 256 2048 8192 32768)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    p.add_argument("--name", help="result file name (default decode_<preset>)")
+    p.add_argument("--out", type=Path, help="results folder (default benchmarks/results, --quick: .../quick)")
     args = p.parse_args(argv)
-    lengths = (256, 2048) if args.quick else (256, 2048, 8192, 32768)
-    res = run(args.preset, lengths, 8 if args.quick else 16, args.out)
+    args.out = args.out or (QUICK_RESULTS if args.quick else RESULTS)
+    lengths = args.lengths or ((256, 2048) if args.quick else (256, 2048, 8192, 32768))
+    res = run(args.preset, tuple(lengths), 8 if args.quick else 16, args.out, args.quick, args.device,
+              torch.bfloat16 if args.bf16 else None, args.name)
+    print(markdown(res))
+
+
+def markdown(res: dict) -> str:
+    lines = ["| prompt tokens | Hope ms/token | Llama ms/token | Hope state | Llama KV cache |", "|---|---|---|---|---|"]
     for r in res["rows"]:
-        print(f"{r['prompt_tokens']:>6} tokens: Hope {r['hope']['ms_per_token_median']:.2f} ms/token, "
-              f"{r['hope']['state_bytes'] / 2**20:.2f} MiB | Llama {r['llama']['ms_per_token_median']:.2f} ms/token, "
-              f"{r['llama']['state_bytes'] / 2**20:.2f} MiB")
+        h, l_ = r["hope"], r["llama"]
+        lines.append(f"| {r['prompt_tokens']} | {h['ms_per_token_median']:.2f} | {l_['ms_per_token_median']:.2f} | "
+                     f"{h['state_bytes'] / 2**20:.2f} MiB | {l_['state_bytes'] / 2**20:.2f} MiB |")
+    t = res.get("targets", {})
+    lines.append(f"\nHope's ms/token, longest / shortest prompt: {res['hope_ms_ratio_longest_over_shortest']:.2f}x "
+                 f"(target <= {t.get('hope_ms_ratio_longest_over_shortest', 1.1)})."
+                 + (f" Hope's state / Llama's KV cache at 8192 tokens: {res['hope_state_over_llama_kv_at_8192']:.1%} "
+                    f"(target <= {t.get('hope_state_over_llama_kv_at_8192', 0.05):.0%})."
+                    if "hope_state_over_llama_kv_at_8192" in res else ""))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -7,12 +7,13 @@ Writes DIR/gpu_smoke.json. Everything is measured in this run (CUDA events are a
 
 import argparse
 import json
+import math
 import time
 
 import torch
 import transformers
 
-from benchmarks.speed import matched_llama, n_params
+from benchmarks.common import matched_llama, n_params
 from hope_hf import HopeConfig, HopeForCausalLM
 
 
@@ -71,7 +72,7 @@ def bf16_smoke(steps=40):
         opt.step()
         losses.append(loss.item())
     return {"steps": steps, "first_loss": losses[0], "last_loss": losses[-1],
-            "all_finite": all(l == l and abs(l) < 1e9 for l in losses)}
+            "all_finite": all(math.isfinite(x) for x in losses)}
 
 
 def main(argv=None):

@@ -3,7 +3,9 @@
     python -m benchmarks.speed [--quick] [--out benchmarks/results]
 
 1. Training throughput (forward + backward, tokens/s) of Hope presets next to a `LlamaForCausalLM` with the same
-   vocabulary, width, depth and heads, tied embeddings, and an MLP width chosen so both have ~equal parameters.
+   vocabulary, width, depth and heads, tied embeddings, and an MLP width chosen so both have ~equal parameters, at
+   512, 2048 and 8192 tokens; the FLOPs of each step (torch's FlopCounterMode) over the median time, as a fraction of
+   the dense-matmul FLOP/s measured in the same run.
 2. Forward-only time of Hope tiny with `set_memory_impl("fast")` vs `("reference")` under `torch.no_grad()`.
 
 Writes `<out>/speed.json` (machine description and every measurement, units in the key names) and `<out>/speed.png`,
@@ -11,8 +13,6 @@ and prints a markdown table.
 """
 
 import argparse
-import json
-import os
 import statistics
 import time
 from pathlib import Path
@@ -20,38 +20,77 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from benchmarks.common import busy_cpu_s, machine_info, matched_llama, n_params
+from benchmarks.common import QUICK_RESULTS, RESULTS, Run, matched_llama, n_params, write_results
 from hope_hf import HopeConfig, HopeForCausalLM
 
 VOCAB = {"tiny": 2048, "small": 32000}
 REFERENCE_LIMIT_S = 60.0
 
 
-def time_iters(fn, iters: int, budget_s: float, warmup: bool = True) -> list[float]:
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_iters(fn, iters: int, budget_s: float, warmup: bool = True, device="cpu") -> list[float]:
     """One untimed warm-up call, then up to `iters` timed calls (at least one; stop early past `budget_s`)."""
     if warmup:
         fn()
+        _sync(device)
     times = []
     while len(times) < iters and (not times or sum(times) < budget_s):
         start = time.perf_counter()
         fn()
+        _sync(device)
         times.append(time.perf_counter() - start)
     return times
 
 
-def train_throughput(model, seq_len: int, batch_size: int, iters: int, budget_s: float, warmup: bool = True) -> dict:
-    """Forward + backward (next-token loss) on random ids; no optimizer step."""
+def matmul_peak_flops(device="cpu", dtype=torch.float32, n: int = 2048, budget_s: float = 3.0) -> dict:
+    """The machine's measured dense-matmul FLOP/s: best of repeated n x n @ n x n products (2 n^3 FLOPs each)."""
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    times = time_iters(lambda: a @ b, 50, budget_s, device=device)
+    return {"n": n, "dtype": str(dtype).replace("torch.", ""), "device": str(device), "timed_iters": len(times),
+            "flops_per_s": 2 * n ** 3 / min(times)}
+
+
+def count_flops(fn) -> int:
+    """FLOPs of one call of `fn`, counted by torch's FlopCounterMode (matmuls, convs, attention; the elementwise
+    ops it does not count are a small share for both models)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def train_throughput(model, seq_len: int, batch_size: int, iters: int, budget_s: float, device="cpu",
+                     autocast_dtype=None, flops: bool = True) -> dict:
+    """Forward + backward (next-token loss) on random ids; no optimizer step. The untimed warm-up call counts the
+    FLOPs (`flops=True`); achieved FLOP/s = counted FLOPs / median time."""
     model.train()
-    ids = torch.randint(3, model.config.vocab_size, (batch_size, seq_len))
+    ids = torch.randint(3, model.config.vocab_size, (batch_size, seq_len), device=device)
 
     def step():
         model.zero_grad(set_to_none=True)
-        model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+        with torch.autocast(torch.device(device).type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        loss.backward()
 
-    times = time_iters(step, iters, budget_s, warmup)
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    counted = count_flops(step) if flops else None
+    times = time_iters(step, iters, budget_s, warmup=not flops, device=device)
     med = statistics.median(times)
-    return {"seq_len_tokens": seq_len, "batch_size": batch_size, "timed_iters": len(times), "times_s": times,
-            "median_s": med, "tokens_per_s": batch_size * seq_len / med}
+    row = {"seq_len_tokens": seq_len, "batch_size": batch_size, "timed_iters": len(times), "times_s": times,
+           "median_s": med, "tokens_per_s": batch_size * seq_len / med}
+    if counted is not None:
+        row.update(flops_per_step=counted, achieved_flops_per_s=counted / med)
+    if cuda:
+        row["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
+    return row
 
 
 def memory_impl_speedup(seq_len: int, iters: int, budget_s: float, limit_s: float = REFERENCE_LIMIT_S) -> dict:
@@ -111,17 +150,26 @@ def plot(rows: list[dict], path: Path):
 
 
 def markdown(results: dict) -> str:
-    lines = ["| preset | tokens | Hope params | Llama params | Hope tok/s | Llama tok/s | Llama / Hope |",
-             "|---|---|---|---|---|---|---|"]
+    peak = results["matmul_peak"]
+    header = ("| preset | tokens | Hope params | Llama params | Hope tok/s | Llama tok/s | Hope / Llama "
+              "| Hope % of peak | Llama % of peak |")
+    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
     for r in results["throughput"]:
-        h, l = r["hope"], r["llama"]
-        lines.append(f"| {r['preset']} | {r['seq_len_tokens']} | {h['params'] / 1e6:.2f}M | {l['params'] / 1e6:.2f}M "
-                     f"| {h['tokens_per_s']:,.1f} | {l['tokens_per_s']:,.1f} "
-                     f"| {l['tokens_per_s'] / h['tokens_per_s']:.1f}x |")
-    s = results["memory_impl_speedup"]
-    lines.append(f"\nHope tiny forward, {s['seq_len_tokens']} tokens: fast {s['fast_median_s']:.3f} s, "
-                 f"reference {s['reference_median_s']:.3f} s -> **{s['speedup_x']:.1f}x** speedup"
-                 + (f" ({s['note']})" if s["note"] else ""))
+        h, l_ = r["hope"], r["llama"]
+        lines.append(f"| {r['preset']} | {r['seq_len_tokens']} | {h['params'] / 1e6:.2f}M | {l_['params'] / 1e6:.2f}M "
+                     f"| {h['tokens_per_s']:,.0f} | {l_['tokens_per_s']:,.0f} | {r['hope_over_llama_tokens_per_s']:.3f}x "
+                     f"| {h['fraction_of_matmul_peak']:.1%} | {l_['fraction_of_matmul_peak']:.1%} |")
+    t = results["targets"]
+    lines.append(f"\nMeasured dense-matmul peak: {peak['flops_per_s'] / 1e9:,.1f} GFLOP/s ({peak['dtype']}, "
+                 f"{peak['n']}x{peak['n']}). Targets: Hope / Llama >= {t['hope_over_llama_tokens_per_s_at_2048']} at "
+                 f"2048 tokens and > {t['hope_over_llama_tokens_per_s_at_8192']} at 8192; >= "
+                 f"{t['fraction_of_matmul_peak']:.0%} of the matmul peak.")
+    s = results.get("memory_impl_speedup")
+    if s:
+        lines.append(f"\nChunk-parallel memories vs the token-by-token reference (Hope tiny, forward, "
+                     f"{s['seq_len_tokens']} tokens): fast {s['fast_median_s']:.3f} s, reference "
+                     f"{s['reference_median_s']:.3f} s -> **{s['speedup_x']:.1f}x** (target >= "
+                     f"{t['fast_over_reference_speedup_at_1024']:.0f}x at 1024)" + (f" ({s['note']})" if s["note"] else ""))
     m = results["machine"]
     if m.get("other_processes_avg_cores_busy", 0) > 0.1:
         lines.append(f"\nWARNING: other processes kept {m['other_processes_avg_cores_busy']:.2f} of {m['cpu_count']} "
@@ -130,64 +178,75 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def run(presets=("tiny", "small"), lengths=(512, 2048), ref_len=1024, iters=3, budget_s=60.0, batch_size=1,
-        out="benchmarks/results", quick=False) -> dict:
-    """Run every benchmark, write `<out>/speed.json` and `<out>/speed.png`, return the results."""
-    wall, machine, busy = time.perf_counter(), machine_info(), busy_cpu_s()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+def run(presets=("tiny", "small"), lengths=(512, 2048, 8192), ref_len=1024, iters=3, budget_s=60.0, batch_size=1,
+        out="benchmarks/results", quick=False, device="cpu", autocast_dtype=None, name="speed",
+        reference=True) -> dict:
+    """Run every case, write `<out>/<name>.json` and `<out>/<name>.png`, return the results.
+
+    Each model's FLOPs are counted in the untimed warm-up call at every length; `peak` is a dense matmul measured
+    in the same run, in the dtype the models compute in (float32, or `autocast_dtype`)."""
+    bench = Run()
+    peak = matmul_peak_flops(device, autocast_dtype or torch.float32)
     rows = []
-    progress = tqdm(total=len(presets) * len(lengths), desc="throughput")
+    progress = tqdm(total=len(presets) * len(lengths), desc=name)
     for preset in presets:
         torch.manual_seed(0)
-        hope = HopeForCausalLM(HopeConfig.from_preset(preset, vocab_size=VOCAB[preset]))
+        hope = HopeForCausalLM(HopeConfig.from_preset(preset, vocab_size=VOCAB.get(preset, 32000))).to(device)
         torch.manual_seed(0)
-        llama = matched_llama(hope.config, max(lengths))
-        for i, seq_len in enumerate(lengths):  # one warm-up per model, at its first length
+        llama = matched_llama(hope.config, max(lengths)).to(device)
+        for seq_len in lengths:
             row = {"preset": preset, "seq_len_tokens": seq_len}
-            for name, model in (("hope", hope), ("llama", llama)):
+            for key, model in (("hope", hope), ("llama", llama)):
                 cfg = model.config
-                row[name] = {"params": n_params(model), "hidden_size": cfg.hidden_size,
-                             "num_hidden_layers": cfg.num_hidden_layers, "vocab_size": cfg.vocab_size,
-                             "tie_word_embeddings": cfg.tie_word_embeddings,
-                             **({"intermediate_size": cfg.intermediate_size} if name == "llama" else {}),
-                             **train_throughput(model, seq_len, batch_size, iters, budget_s, warmup=i == 0)}
+                r = train_throughput(model, seq_len, batch_size, iters, budget_s, device, autocast_dtype)
+                r["fraction_of_matmul_peak"] = r["achieved_flops_per_s"] / peak["flops_per_s"]
+                row[key] = {"params": n_params(model), "hidden_size": cfg.hidden_size,
+                            "num_hidden_layers": cfg.num_hidden_layers, "vocab_size": cfg.vocab_size,
+                            "tie_word_embeddings": cfg.tie_word_embeddings,
+                            **({"intermediate_size": cfg.intermediate_size} if key == "llama" else {}), **r}
             row["param_ratio_llama_over_hope"] = row["llama"]["params"] / row["hope"]["params"]
+            row["hope_over_llama_tokens_per_s"] = row["hope"]["tokens_per_s"] / row["llama"]["tokens_per_s"]
             rows.append(row)
             progress.update()
         del hope, llama
     progress.close()
-    results = {"machine": machine,
-               "settings": {"quick": quick, "batch_size": batch_size, "max_timed_iters": iters,
-                            "per_case_budget_s": budget_s, "dtype": "float32", "device": "cpu",
-                            "warmup": "one untimed fwd+bwd per model at its first length; the model is reused for "
-                                      "longer lengths"},
-               "throughput": rows,
-               "memory_impl_speedup": memory_impl_speedup(ref_len, iters, budget_s)}
-    results["wall_time_s"] = time.perf_counter() - wall
-    machine["load_avg_1m_at_end"] = os.getloadavg()[0]
-    if busy is not None:  # CPU cores kept busy by *other* processes, averaged over the run (should be ~0)
-        (all0, own0), (all1, own1) = busy, busy_cpu_s()
-        machine["other_processes_avg_cores_busy"] = max(0.0, (all1 - all0) - (own1 - own0)) / results["wall_time_s"]
-    (out / "speed.json").write_text(json.dumps(results, indent=2) + "\n")
-    plot(rows, out / "speed.png")
+    results = {"settings": {"quick": quick, "batch_size": batch_size, "max_timed_iters": iters,
+                            "per_case_budget_s": budget_s, "device": str(device),
+                            "dtype": "float32" if autocast_dtype is None else f"autocast {autocast_dtype}",
+                            "warmup": "one untimed fwd+bwd per model and length, under FlopCounterMode"},
+               "targets": {"hope_over_llama_tokens_per_s_at_2048": 0.8, "hope_over_llama_tokens_per_s_at_8192": 1.0,
+                           "fraction_of_matmul_peak": 0.4, "fast_over_reference_speedup_at_1024": 10.0},
+               "matmul_peak": peak, "throughput": rows}
+    if reference:
+        results["memory_impl_speedup"] = memory_impl_speedup(ref_len, iters, budget_s)
+    bench.finish(results)
+    write_results(out, name, results, lambda res, path: plot(res["throughput"], path))
     return results
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny preset at 512 tokens only, fewer iterations")
-    parser.add_argument("--out", default="benchmarks/results", help="folder for speed.json and speed.png")
+    parser.add_argument("--quick", action="store_true", help="tiny preset at 512 and 2048 tokens, fewer iterations")
+    parser.add_argument("--out", help="folder for <name>.json and .png (default benchmarks/results, --quick: .../quick)")
+    parser.add_argument("--presets", nargs="+", help="Hope presets (default tiny small)")
+    parser.add_argument("--lengths", type=int, nargs="+", help="sequence lengths (default 512 2048 8192)")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU)")
+    parser.add_argument("--name", default="speed", help="result file name")
+    parser.add_argument("--no-reference", action="store_true", help="skip the fast-vs-reference comparison")
     args = parser.parse_args(argv)
-    if args.quick:
-        results = run(presets=("tiny",), lengths=(512,), ref_len=256, iters=3, budget_s=20.0, out=args.out,
-                      quick=True)
-    else:
-        results = run(out=args.out)
+    args.out = args.out or (QUICK_RESULTS if args.quick else RESULTS)
+    kw = dict(QUICK) if args.quick else {}
+    kw.update({k: v for k, v in (("presets", args.presets and tuple(args.presets)),
+                                 ("lengths", args.lengths and tuple(args.lengths))) if v})
+    results = run(out=args.out, batch_size=args.batch_size, device=args.device, name=args.name,
+                  autocast_dtype=torch.bfloat16 if args.bf16 else None, reference=not args.no_reference, **kw)
     print(markdown(results))
-    print(f"\nwall time {results['wall_time_s']:.0f} s; wrote {Path(args.out) / 'speed.json'} and "
-          f"{Path(args.out) / 'speed.png'}")
+    print(f"\nwall time {results['wall_time_s']:.0f} s; wrote {Path(args.out) / (args.name + '.json')}")
 
+
+QUICK = {"presets": ("tiny",), "lengths": (512, 2048), "ref_len": 256, "iters": 2, "budget_s": 20.0, "quick": True}
 
 if __name__ == "__main__":
     main()

@@ -15,13 +15,26 @@ def test_speed_benchmark_smallest_case(tmp_path):
     assert data == json.loads(json.dumps(results))
     assert (tmp_path / "speed.png").stat().st_size > 0
     assert {"platform", "processor", "cpu_count", "torch_threads", "torch", "transformers"} <= set(data["machine"])
+    assert data["matmul_peak"]["flops_per_s"] > 0
     [row] = data["throughput"]
     assert (row["preset"], row["seq_len_tokens"]) == ("tiny", 64)
     for name in ("hope", "llama"):
-        assert row[name]["params"] > 0 and row[name]["tokens_per_s"] > 0 and row[name]["median_s"] > 0
-        assert row[name]["tie_word_embeddings"] is True
+        r = row[name]
+        assert r["params"] > 0 and r["tokens_per_s"] > 0 and r["median_s"] > 0
+        assert r["tie_word_embeddings"] is True
+        # fwd+bwd is at least 3x the 2 * params-in-matmuls * tokens of a forward through the LM head alone
+        assert r["flops_per_step"] >= 3 * 2 * 64 * r["vocab_size"] * r["hidden_size"]
+        assert r["achieved_flops_per_s"] == r["flops_per_step"] / r["median_s"]
+        assert 0 < r["fraction_of_matmul_peak"]
     assert 0.9 < row["param_ratio_llama_over_hope"] < 1.1
     s = data["memory_impl_speedup"]
     assert s["seq_len_tokens"] == 64 and s["fast_median_s"] > 0 and s["reference_median_s"] > 0 and s["speedup_x"] > 0
     assert data["wall_time_s"] > 0
     assert "| tiny | 64 |" in speed.markdown(results)
+
+
+def test_flop_counter_counts_a_matmul():
+    import torch
+
+    a, b = torch.ones(8, 16), torch.ones(16, 4)
+    assert speed.count_flops(lambda: a @ b) == 2 * 8 * 16 * 4
