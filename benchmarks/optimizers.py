@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 import transformers
 
+from benchmarks.common import evaluate, lr_lambda, to_blocks
 from hope_hf import HopeConfig, HopeForCausalLM
 from hope_hf.corpus import stdlib_docs_text
 from hope_hf.optim import create_optimizer
@@ -47,37 +48,10 @@ def load_blocks(vocab_size: int, seq_len: int, max_chars: int | None, val_blocks
     """Tokenize the corpus (documents joined by EOS) into `seq_len` blocks; the last `val_blocks` are held out."""
     docs = stdlib_docs_text(max_chars=max_chars)
     tok = train_bpe_tokenizer(docs, vocab_size=vocab_size)
-    ids = []
-    for enc in tok(docs, add_special_tokens=False)["input_ids"]:
-        ids.extend(enc + [tok.eos_token_id])
-    n = len(ids) // seq_len
-    blocks = torch.tensor(ids[: n * seq_len]).view(n, seq_len)
-    if n <= val_blocks:
-        raise ValueError(f"corpus gives only {n} blocks of {seq_len} tokens")
+    blocks = to_blocks(docs, tok, seq_len)
+    if len(blocks) <= val_blocks:
+        raise ValueError(f"corpus gives only {len(blocks)} blocks of {seq_len} tokens")
     return tok, blocks[:-val_blocks], blocks[-val_blocks:]
-
-
-def lr_lambda(steps: int, warmup: int):
-    def f(t):
-        if t < warmup:
-            return (t + 1) / warmup
-        progress = (t - warmup) / max(1, steps - warmup)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return f
-
-
-@torch.no_grad()
-def evaluate(model, val, batch_size):
-    model.eval()
-    total, count = 0.0, 0
-    for i in range(0, len(val), batch_size):
-        x = val[i:i + batch_size]
-        out = model(input_ids=x, labels=x)
-        n = x.numel() - x.size(0)
-        total += out.loss.item() * n
-        count += n
-    model.train()
-    return total / count
 
 
 def train_one(label, lr, config, init_state, train, val, steps, batch_size, warmup, seed, cms_periods):
