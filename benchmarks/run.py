@@ -8,13 +8,15 @@ state bytes vs Llama's KV cache), lm_quality (perplexity on two corpora), ablati
 A -> B), recall (associative recall at L, 2L, 4L). `--quick` runs each one's smallest setting (a smoke run, ~10
 minutes on 2 cores); the full run takes ~60 minutes. Timings are only meaningful on an otherwise idle machine: every
 JSON records how many cores other processes kept busy. Writes `<out>/run.json` (what ran, wall times) and, for the
-default results folder, the README table (`benchmarks.readme`).
+default results folder, the README table (`benchmarks.readme`). With `--only`, run.json keeps the other benchmarks'
+entries from earlier runs and `sum_of_benchmark_wall_times_s` adds them all up.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import time
 from pathlib import Path
 
@@ -59,9 +61,16 @@ def run(quick: bool = False, only=None, out=common.RESULTS, readme: bool | None 
         start = time.perf_counter()
         print(f"== {name}", flush=True)
         BENCHMARKS[name](quick, out)
-        summary["benchmarks"][name] = {"wall_time_s": time.perf_counter() - start}
+        summary["benchmarks"][name] = {"wall_time_s": time.perf_counter() - start,
+                                       "finished_at": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
         print(f"== {name}: {summary['benchmarks'][name]['wall_time_s']:.0f} s", flush=True)
-    common.write_results(out, "run_quick" if quick else "run", bench.finish(summary))
+    bench.finish(summary)
+    path = Path(out) / ("run_quick.json" if quick else "run.json")
+    if only and path.exists():  # a subset: keep the other benchmarks' entries of the previous runs
+        previous = json.loads(path.read_text())["benchmarks"]
+        summary["benchmarks"] = {**{k: v for k, v in previous.items() if k not in names}, **summary["benchmarks"]}
+    summary["sum_of_benchmark_wall_times_s"] = sum(v["wall_time_s"] for v in summary["benchmarks"].values())
+    common.write_results(out, path.stem, summary)
     if readme if readme is not None else Path(out).resolve() == common.RESULTS.resolve():
         from benchmarks import readme as readme_mod
 
@@ -79,7 +88,8 @@ def main(argv=None):
     s = run(a.quick, a.only, a.out)
     for name, r in s["benchmarks"].items():
         print(f"{name:>14}: {r['wall_time_s']:7.0f} s")
-    print(f"{'total':>14}: {s['wall_time_s']:7.0f} s")
+    print(f"{'this run':>14}: {s['wall_time_s']:7.0f} s; all benchmarks in run.json: "
+          f"{s['sum_of_benchmark_wall_times_s']:.0f} s")
 
 
 if __name__ == "__main__":
