@@ -49,15 +49,8 @@ QUICK = {"steps": 40, "batch_size": 4, "seq_len": 64, "vocab_size": 512, "max_ch
          "eval_every": 10}
 
 
-def _finite_or_inf(x: float) -> float:
-    return x if math.isfinite(x) else float("inf")
-
-
 def _settings(quick: bool, overrides: dict) -> dict:
-    unknown = set(overrides) - set(DEFAULTS)
-    if unknown:
-        raise TypeError(f"unknown setting(s) {sorted(unknown)}; choose from {sorted(DEFAULTS)}")
-    s = {**DEFAULTS, **(QUICK if quick else {}), **{k: v for k, v in overrides.items() if v is not None}}
+    s = common.settings(DEFAULTS, QUICK, quick, overrides)
     bad = [v for v in s["variants"] if v not in VARIANTS]
     if bad:
         raise ValueError(f"unknown variant(s) {bad}; choose from {list(VARIANTS)}")
@@ -71,11 +64,11 @@ def train_variant(name: str, tok, train: torch.Tensor, val: torch.Tensor, s: dic
     model = common.build("hope", config, seed, s["seq_len"])
     r = common.train_lm(model, train, s["steps"], batch_size=s["batch_size"], lr=s["lr"], seed=seed,
                         evals={"val": val}, eval_every=s["eval_every"], desc=name)
-    val_loss = _finite_or_inf(common.final_eval(r, "val"))
+    val_loss = common.finite_or_inf(common.final_eval(r, "val"))
     return {"flags": dict(flags), "config": {k: getattr(config, k) for k in ABLATION_FIELDS},
             "params": common.n_params(model), "val_loss": val_loss, "val_perplexity": common.perplexity(val_loss),
-            "val_curve": [[step, _finite_or_inf(losses["val"])] for step, losses in r["evals"]],
-            "train_loss": [_finite_or_inf(x) for x in r["train_loss"]], "steps_done": r["steps_done"],
+            "val_curve": [[step, common.finite_or_inf(losses["val"])] for step, losses in r["evals"]],
+            "train_loss": [common.finite_or_inf(x) for x in r["train_loss"]], "steps_done": r["steps_done"],
             "diverged": r["diverged"], "median_step_s": r["median_step_s"]}
 
 

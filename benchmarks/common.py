@@ -171,6 +171,19 @@ def split_blocks(blocks: torch.Tensor, val_blocks: int, seed: int = 0):
 # ----------------------------------------------------------------------------------------- train and evaluate
 
 
+def settings(defaults: dict, quick_settings: dict, quick: bool, overrides: dict) -> dict:
+    """`defaults`, then `quick_settings` with `quick`, then the non-None `overrides` (TypeError for unknown names)."""
+    unknown = set(overrides) - set(defaults)
+    if unknown:
+        raise TypeError(f"unknown setting(s) {sorted(unknown)}; choose from {sorted(defaults)}")
+    return {**defaults, **(quick_settings if quick else {}), **{k: v for k, v in overrides.items() if v is not None}}
+
+
+def finite_or_inf(x: float) -> float:
+    """nan (a diverged run) as inf, so that JSON holds `Infinity` and comparisons stay ordered."""
+    return x if math.isfinite(x) else float("inf")
+
+
 def lr_lambda(steps: int, warmup: int):
     """Linear warm-up over `warmup` steps, then cosine decay to 10% of the peak."""
     def f(t):

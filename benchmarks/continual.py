@@ -39,21 +39,10 @@ QUICK = {"steps": 40, "batch_size": 4, "seq_len": 64, "vocab_size": 512, "max_ch
          "eval_every": 10}
 
 
-def _finite_or_inf(x: float) -> float:
-    return x if math.isfinite(x) else float("inf")
-
-
-def _settings(quick: bool, overrides: dict) -> dict:
-    unknown = set(overrides) - set(DEFAULTS)
-    if unknown:
-        raise TypeError(f"unknown setting(s) {sorted(unknown)}; choose from {sorted(DEFAULTS)}")
-    return {**DEFAULTS, **(QUICK if quick else {}), **{k: v for k, v in overrides.items() if v is not None}}
-
-
 def _phase(r: dict, offset: int) -> dict:
     """A `train_lm` result with evaluation steps shifted to total steps and non-finite losses as Infinity."""
-    return {"train_loss": [_finite_or_inf(x) for x in r["train_loss"]],
-            "evals": [[offset + step, {k: _finite_or_inf(v) for k, v in losses.items()}]
+    return {"train_loss": [common.finite_or_inf(x) for x in r["train_loss"]],
+            "evals": [[offset + step, {k: common.finite_or_inf(v) for k, v in losses.items()}]
                       for step, losses in r["evals"]],
             "steps_done": r["steps_done"], "diverged": r["diverged"], "median_step_s": r["median_step_s"]}
 
@@ -88,7 +77,7 @@ def train_model(kind: str, config, data: dict, s: dict, seed: int) -> dict:
 def run(quick=False, out=common.RESULTS, seed=0, **overrides) -> dict:
     """Train both models on A then B (settings: `DEFAULTS`, `QUICK` with `quick`, then `overrides`); write and
     return the results."""
-    s = _settings(quick, overrides)
+    s = common.settings(DEFAULTS, QUICK, quick, overrides)
     bench = common.Run()  # honours BENCH_THREADS
     docs = {d: common.corpus(name, s["max_chars"]) for d, name in DOMAINS.items()}
     tok = common.tokenizer_for(docs["A"] + docs["B"], s["vocab_size"])
