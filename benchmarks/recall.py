@@ -1,25 +1,32 @@
-"""In-context recall benchmark: synthetic associative recall trained at length L, tested at L, 2L and 4L, Hope vs a
-parameter-matched LlamaForCausalLM, in one run.
+"""In-context recall benchmark: synthetic passkey / associative recall trained at length L, tested at L, 2L and 4L,
+Hope vs a parameter-matched LlamaForCausalLM, in one run.
 
-    python -m benchmarks.recall [--quick] [--steps N] [--batch-size B] [--seq-len L] [--out benchmarks/results]
+    python -m benchmarks.recall [--quick] [--steps N] [--batch-size B] [--seq-len L] [--lr LR] [--out DIR]
 
-The task (`make_batch`). A 64-token vocabulary: ids 0/1/2 are pad/bos/eos (HopeConfig's defaults), 3/4/5 the
-markers KEY/VAL/QUERY, then 16 key ids, 16 value ids and 26 filler ids. A sequence of `n` tokens is BOS, then a
-body of random filler with `pairs` records `KEY k VAL v` dropped at random places (distinct keys, values drawn
-independently, so two keys may share a value), then `queries` records `QUERY k v` asking for distinct keys of the
-body in random order. Only the answers v after a query are scored (labels -100 everywhere else; HF shifts the
-labels, so v is predicted from the position of k). Accuracy = fraction of queried values whose argmax prediction is
-right, teacher-forced, one forward pass per batch in eval mode; chance is 1/16 (1/`pairs` for a model that only
-learned to pick some value of the sequence). Longer test sequences keep the pairs and queries and add filler, so
-the distance between a record and its query grows with the length (uniformly placed records: on average ~n/2).
+The task (`make_batch`, `make_data`). A 64-token vocabulary: ids 0/1/2 are pad/bos/eos (HopeConfig's defaults),
+3/4/5 the markers KEY/VAL/QUERY, then 16 key ids, 16 value ids and 26 filler ids. A sequence of n tokens is BOS, a
+body of random filler with P records `KEY k VAL v` dropped at random places (distinct keys, values drawn
+independently, so two keys may share a value), then P records `QUERY k v` asking for every key of the body once, in
+random order. Only the answers v after a query are scored (labels -100 everywhere else; HF shifts the labels, so v is
+predicted from the position of k). The sequences are split evenly over P in `pair_counts` = (1, 2, 4, 8): P = 1 is a
+passkey (copy the one value in the context), P > 1 needs the key -> value binding (a model that copies some value of
+the context without it scores ~1/P). Accuracy = fraction of the queried values whose argmax prediction is right,
+teacher-forced, one forward pass per batch in eval mode, over all answers and per P; chance is 1/16. Longer test
+sequences keep the records and queries and add filler, so the distance between a record and its query grows with n
+(records are placed uniformly: on average ~n/2). Also recorded per length: the answer loss, the share of answers
+predicted as some value id, and the share predicted as a value that occurs earlier in the sequence.
 
-Both models start from the same seed, see the same freshly generated training sequences (each once, length L) in
-the same order, with AdamW, the same learning rate and warm-up + cosine schedule (`common.train_lm`); Llama's RoPE
-table covers the longest test length. The test sets are generated from a different seed, one per length.
+Both models start from the same seed, train on the same freshly generated length-L sequences (each seen once) in the
+same order, with AdamW, the same learning rate and warm-up + cosine schedule (`common.train_lm`); Llama's RoPE table
+covers the longest test length. The test sets come from other seeds, one per length. Small batches and many steps:
+in probes Hope's recall improved with the number of optimizer steps far more than with the batch size. Hope tiny's
+CMS levels step every 64 and 256 tokens, so at L = 128 the 256-token level never steps during training but does at
+4L.
 
-Writes `<out>/recall.json` (setup, per model: params, accuracy and answer loss per test length, training loss per
-step, median s/step; the target check for Hope at 4L as data) and `<out>/recall.png` (accuracy vs test length, and
-the training-loss curves), and prints a markdown table. `--quick` is a smoke run: too few steps to learn the task.
+Writes `<out>/recall.json` (setup, per model: params, accuracies per test length overall and per P, answer loss,
+training loss per step, median s/step; the target check "Hope >= 90% at 4L" as data) and `<out>/recall.png`
+(accuracy vs test length overall and per P, training-loss curves), and prints a markdown table. `--quick` is a smoke
+run: too few steps to learn the task.
 """
 
 from __future__ import annotations
@@ -36,18 +43,20 @@ from tqdm import tqdm
 from benchmarks import common
 from hope_hf import HopeConfig
 
+NAME = "recall"
 PAD, BOS, EOS, KEY, VAL, QUERY = range(6)
 N_KEYS, N_VALUES, N_FILLER = 16, 16, 26
 KEYS = torch.arange(6, 6 + N_KEYS)
-VALUES = torch.arange(KEYS[-1] + 1, KEYS[-1] + 1 + N_VALUES)
-FILLER = torch.arange(VALUES[-1] + 1, VALUES[-1] + 1 + N_FILLER)
-VOCAB_SIZE = int(FILLER[-1]) + 1  # 64
+VALUES = torch.arange(6 + N_KEYS, 6 + N_KEYS + N_VALUES)
+FILLER = torch.arange(6 + N_KEYS + N_VALUES, 6 + N_KEYS + N_VALUES + N_FILLER)
+VOCAB_SIZE = 6 + N_KEYS + N_VALUES + N_FILLER  # 64
 TARGET_ACC_AT_4L = 0.9
+EVAL_BATCH = 8
 
-FULL = {"steps": 800, "batch_size": 8, "seq_len": 128, "multiples": (1, 2, 4), "pairs": 8, "queries": 4,
-        "lr": 3e-3, "eval_seqs": 128}
-QUICK = {"steps": 30, "batch_size": 8, "seq_len": 128, "multiples": (1, 2, 4), "pairs": 8, "queries": 4,
-         "lr": 3e-3, "eval_seqs": 32}
+# eval_seqs: test sequences per pair count and length
+FULL = {"steps": 2000, "batch_size": 4, "seq_len": 128, "multiples": (1, 2, 4), "pair_counts": (1, 2, 4, 8),
+        "lr": 3e-3, "eval_seqs": 64, "hope_config": {}}
+QUICK = {**FULL, "steps": 100, "eval_seqs": 8}
 
 
 # ------------------------------------------------------------------------------------------------------ data
@@ -82,87 +91,129 @@ def make_batch(n_seqs: int, seq_len: int, pairs: int, queries: int, generator: t
     return ids, labels
 
 
+def group_sizes(n_seqs: int, groups: int) -> list[int]:
+    return [n_seqs // groups + (i < n_seqs % groups) for i in range(groups)]
+
+
+def make_data(n_seqs: int, seq_len: int, pair_counts, generator: torch.Generator):
+    """(input_ids, labels, pairs): `n_seqs` sequences split evenly over `pair_counts` (in that order), each with as
+    many queries as pairs (every key asked once); `pairs` [n_seqs] is each sequence's number of pairs."""
+    sizes = group_sizes(n_seqs, len(pair_counts))
+    parts = [make_batch(n, seq_len, p, p, generator) for n, p in zip(sizes, pair_counts)]
+    pairs = torch.cat([torch.full((n,), p) for n, p in zip(sizes, pair_counts)])
+    return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts]), pairs
+
+
 # ------------------------------------------------------------------------------------------------ evaluation
 
 
 @torch.no_grad()
-def recall_accuracy(model, ids: torch.Tensor, labels: torch.Tensor, batch_size: int) -> dict:
-    """Teacher-forced argmax accuracy and mean cross-entropy (nats) over the scored answers."""
+def recall_eval(model, ids: torch.Tensor, labels: torch.Tensor, batch_size: int = EVAL_BATCH) -> dict:
+    """Teacher-forced argmax over the scored answers: correct count, summed cross-entropy (nats), how many predictions
+    are a value id, and how many are a value id that occurs earlier in the sequence."""
     was_training = model.training
     model.eval()
-    correct, total, loss = 0, 0, 0.0
+    n = {"answers": 0, "correct": 0, "loss_sum": 0.0, "value": 0, "in_context": 0}
     for i in range(0, len(ids), batch_size):
         x, y = ids[i:i + batch_size], labels[i:i + batch_size, 1:]
         logits = model(input_ids=x, use_cache=False).logits[:, :-1].float()
-        mask = y != -100
-        logits, y = logits[mask], y[mask]
-        correct += (logits.argmax(-1) == y).sum().item()
-        loss += F.cross_entropy(logits, y, reduction="sum").item()
-        total += y.numel()
+        rows, cols = (y != -100).nonzero(as_tuple=True)            # the answer at position cols + 1 of row rows
+        pred, target = logits[rows, cols].argmax(-1), y[rows, cols]
+        is_value = (pred >= VALUES[0]) & (pred <= VALUES[-1])
+        earlier = ((x[rows] == pred[:, None]) & (torch.arange(x.shape[1]) <= cols[:, None])).any(-1)
+        n["answers"] += len(target)
+        n["correct"] += (pred == target).sum().item()
+        n["loss_sum"] += F.cross_entropy(logits[rows, cols], target, reduction="sum").item()
+        n["value"] += is_value.sum().item()
+        n["in_context"] += (is_value & earlier).sum().item()
     model.train(was_training)
-    return {"accuracy": correct / total, "answer_loss": loss / total, "answers": total}
+    return n
+
+
+def evaluate_length(model, ids, labels, pairs, pair_counts) -> dict:
+    """Accuracy etc. over all answers of one test length, and accuracy per pair count."""
+    per = {p: recall_eval(model, ids[pairs == p], labels[pairs == p]) for p in pair_counts}
+    tot = {k: sum(d[k] for d in per.values()) for k in per[pair_counts[0]]}
+    return {"accuracy": tot["correct"] / tot["answers"], "answer_loss": tot["loss_sum"] / tot["answers"],
+            "value_prediction_rate": tot["value"] / tot["answers"],
+            "in_context_value_rate": tot["in_context"] / tot["answers"], "answers": tot["answers"],
+            "accuracy_by_pairs": {str(p): d["correct"] / d["answers"] for p, d in per.items()}}
 
 
 # ---------------------------------------------------------------------------------------------------- the run
 
 
-def run(quick: bool = False, out=common.RESULTS, seed: int = 0, **overrides) -> dict:
-    """Train both models at `seq_len`, test at `seq_len` x each of `multiples`, write `<out>/recall.{json,png}`.
-
-    Overrides (defaults in `FULL` / `QUICK`): steps, batch_size, seq_len (a multiple of 64), multiples, pairs,
-    queries, lr, eval_seqs."""
+def settings(quick: bool, overrides: dict) -> dict:
     unknown = set(overrides) - set(FULL)
     if unknown:
         raise TypeError(f"unknown settings {sorted(unknown)}; choose from {sorted(FULL)}")
     s = {**(QUICK if quick else FULL), **{k: v for k, v in overrides.items() if v is not None}}
-    s["multiples"] = list(s["multiples"])
-    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
-    timer = common.Run()
+    s["multiples"], s["pair_counts"] = [int(m) for m in s["multiples"]], [int(p) for p in s["pair_counts"]]
+    return s
+
+
+def run(quick: bool = False, out=common.RESULTS, seed: int = 0, **overrides) -> dict:
+    """Train both models at `seq_len`, test at `seq_len` x each of `multiples`; write and return the results.
+
+    Settings (`FULL`, `QUICK` with `quick`, then `overrides`): steps, batch_size, seq_len (a multiple of 64), multiples,
+    pair_counts, lr, eval_seqs (test sequences per pair count and length), hope_config (HopeConfig overrides of the
+    tiny preset, e.g. {"memory_lr_max": 1.0}). Runs on one torch thread unless
+    BENCH_THREADS says otherwise."""
+    s = settings(quick, overrides)
+    threads = torch.get_num_threads()
+    if not os.environ.get("BENCH_THREADS"):
+        torch.set_num_threads(1)  # tiny models: as fast, and 2 threads on 2 shared cores ran a quick run 7x slower
+    try:
+        return _run(quick, out, seed, s)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(quick: bool, out, seed: int, s: dict) -> dict:
+    bench = common.Run()  # honours BENCH_THREADS
     L = s["seq_len"]
     lengths = [L * m for m in s["multiples"]]
     config = HopeConfig.from_preset("tiny", vocab_size=VOCAB_SIZE, pad_token_id=PAD, bos_token_id=BOS,
-                                    eos_token_id=EOS)
-    span = config.span_size or 1
-    if any(n % span for n in lengths):
-        raise ValueError(f"every length must be a multiple of Hope's smallest CMS chunk {span}: {lengths}")
-    train_ids, train_labels = make_batch(s["steps"] * s["batch_size"], L, s["pairs"], s["queries"],
-                                         torch.Generator().manual_seed(seed))
-    tests = {n: make_batch(s["eval_seqs"], n, s["pairs"], s["queries"],
-                           torch.Generator().manual_seed(10_000 + 97 * seed + n)) for n in lengths}
-    results = {"setup": {"quick": quick, "preset": "tiny", "vocab_size": VOCAB_SIZE, "seed": seed,
-                         "train_seq_len_tokens": L, "test_lengths_tokens": lengths, **s,
+                                    eos_token_id=EOS, **s["hope_config"])
+    if any(n % config.span_size for n in lengths):
+        raise ValueError(f"every length must be a multiple of Hope's smallest CMS chunk {config.span_size}: {lengths}")
+    train_ids, train_labels, _ = make_data(s["steps"] * s["batch_size"], L, s["pair_counts"],
+                                           torch.Generator().manual_seed(seed))
+    tests = {n: make_data(s["eval_seqs"] * len(s["pair_counts"]), n, s["pair_counts"],
+                          torch.Generator().manual_seed(1_000_003 * (seed + 1) + n)) for n in lengths}
+    pc = s["pair_counts"]
+    answers_per_step = s["batch_size"] * sum(pc) / len(pc)
+    results = {"setup": {"quick": quick, "preset": "tiny", "vocab_size": VOCAB_SIZE, "seed": seed, **s,
+                         "train_seq_len_tokens": L, "test_lengths_tokens": lengths,
                          "train_sequences": len(train_ids), "tokens_per_step": s["batch_size"] * L,
-                         "scored_answers_per_step": s["batch_size"] * s["queries"],
+                         "mean_scored_answers_per_step": answers_per_step,
+                         "test_answers_per_length": s["eval_seqs"] * sum(pc),
                          "n_keys": N_KEYS, "n_values": N_VALUES, "n_filler": N_FILLER,
-                         "chance_accuracy": 1 / N_VALUES, "optimizer": "AdamW (betas 0.9, 0.95), weight decay 0.01",
-                         "schedule": "linear warm-up 10% then cosine to 0.1x", "grad_clip": 1.0,
-                         "threads": torch.get_num_threads()},
+                         "chance_accuracy": 1 / N_VALUES, "eval_batch_size": EVAL_BATCH,
+                         "optimizer": "AdamW (betas 0.9, 0.95), weight decay 0.01",
+                         "schedule": "linear warm-up over 10% of the steps, then cosine to 0.1x", "grad_clip": 1.0},
                "models": {}}
-    for kind in tqdm(("hope", "llama"), desc="recall"):
+    for kind in tqdm(("hope", "llama"), desc=NAME):
         model = common.build(kind, config, seed, max(lengths))
-        t0 = time.perf_counter()
+        start = time.perf_counter()
         tr = common.train_lm(model, train_ids, s["steps"], batch_size=s["batch_size"], lr=s["lr"], seed=seed,
                              labels=train_labels, desc=f"train {kind}")
-        train_s = time.perf_counter() - t0
-        evals = {n: recall_accuracy(model, *tests[n], s["batch_size"]) for n in lengths} if not tr["diverged"] else {}
-        nan = float("nan")
-        results["models"][kind] = {
-            "params": common.n_params(model), "train_loss": tr["train_loss"], "steps_done": tr["steps_done"],
-            "diverged": tr["diverged"], "median_step_s": tr["median_step_s"], "train_s": train_s,
-            "accuracy": [evals[n]["accuracy"] if evals else nan for n in lengths],
-            "answer_loss": [evals[n]["answer_loss"] if evals else nan for n in lengths],
-            "answers_per_length": s["eval_seqs"] * s["queries"]}
+        r = {"params": common.n_params(model), "train_loss": tr["train_loss"], "steps_done": tr["steps_done"],
+             "diverged": tr["diverged"], "median_step_s": tr["median_step_s"], "train_s": time.perf_counter() - start}
         if kind == "llama":
-            results["models"][kind]["intermediate_size"] = model.config.intermediate_size
+            r["intermediate_size"] = model.config.intermediate_size
+        evals = [evaluate_length(model, *tests[n], pc) for n in lengths]
+        for key in ("accuracy", "answer_loss", "value_prediction_rate", "in_context_value_rate"):
+            r[key] = [e[key] for e in evals]
+        r["accuracy_by_pairs"] = {str(p): [e["accuracy_by_pairs"][str(p)] for e in evals] for p in pc}
+        results["models"][kind] = r
         del model
-    i4 = s["multiples"].index(4) if 4 in s["multiples"] else len(lengths) - 1
+    i = s["multiples"].index(4) if 4 in s["multiples"] else len(lengths) - 1  # 4L, else the longest test length
     for kind in ("hope", "llama"):
-        results[f"{kind}_acc_at_{s['multiples'][i4]}L"] = results["models"][kind]["accuracy"][i4]
-    hope_4l = results["models"]["hope"]["accuracy"][i4]
-    results.update({"target_length_multiple": s["multiples"][i4], "target_hope_acc_at_4L": TARGET_ACC_AT_4L,
-                    "target_met": bool(hope_4l >= TARGET_ACC_AT_4L)})
-    results = timer.finish(results)
-    common.write_results(out, "recall", results, plot)
+        results[f"{kind}_acc_at_4L"] = results["models"][kind]["accuracy"][i]
+    results.update({"target_length_multiple": s["multiples"][i], "target_hope_acc_at_4L": TARGET_ACC_AT_4L,
+                    "target_met": bool(results["hope_acc_at_4L"] >= TARGET_ACC_AT_4L)})
+    common.write_results(out, NAME, bench.finish(results), plot)
     return results
 
 
@@ -172,24 +223,34 @@ def run(quick: bool = False, out=common.RESULTS, seed: int = 0, **overrides) -> 
 def plot(results: dict, path):
     plt = common.pyplot()
     s, models = results["setup"], results["models"]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    for kind, m in models.items():
-        a.plot(s["test_lengths_tokens"], m["accuracy"], "o-", label=f"{kind} ({m['params'] / 1e3:.0f}k params)")
-        b.plot(range(1, len(m["train_loss"]) + 1), m["train_loss"], label=kind, alpha=0.8)
-    a.axhline(s["chance_accuracy"], color="gray", ls=":", label="chance (1/16)")
-    a.axhline(results["target_hope_acc_at_4L"], color="green", ls="--", lw=0.8, label="target for Hope at 4L")
-    a.axvline(s["train_seq_len_tokens"], color="gray", ls="--", lw=0.8)
+    lengths = s["test_lengths_tokens"]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for c, (kind, m) in enumerate(models.items()):
+        a.plot(lengths, m["accuracy"], "o-", color=f"C{c}", lw=2, label=f"{kind} ({m['params'] / 1e3:.0f}k), all")
+        for j, (p, acc) in enumerate(m["accuracy_by_pairs"].items()):
+            a.plot(lengths, acc, ls=":", marker="os^vD"[j % 5], ms=4, color=f"C{c}", alpha=0.6,
+                   label=f"{kind}, {p} pair{'s' if p != '1' else ''}")
+        loss = torch.tensor(m["train_loss"])
+        w = max(1, len(loss) // 40)  # moving average over 2.5% of the steps
+        smooth = loss.unfold(0, w, 1).mean(-1) if len(loss) >= w else loss
+        b.plot(range(1, len(loss) + 1), loss, color=f"C{c}", alpha=0.15, lw=0.5)
+        b.plot(range(w, w + len(smooth)), smooth, color=f"C{c}", lw=1.2, label=f"{kind} (mean of {w} steps)")
+    a.axhline(s["chance_accuracy"], color="gray", ls="--", lw=0.8, label="chance (1/16)")
+    a.axhline(results["target_hope_acc_at_4L"], color="green", ls="--", lw=0.8, label="target, Hope at 4L")
     a.set_xscale("log", base=2)
-    a.set_xticks(s["test_lengths_tokens"], [str(n) for n in s["test_lengths_tokens"]])
+    a.set_xticks(lengths, [f"{n}\n({m}L)" for n, m in zip(lengths, s["multiples"])])
+    a.minorticks_off()
     a.set_ylim(0, 1.02)
-    a.set_xlabel("test sequence length (tokens; trained at the dashed line)")
+    a.set_xlabel("test sequence length (tokens)")
     a.set_ylabel("recall accuracy (teacher-forced argmax)")
-    a.legend(fontsize=8)
+    a.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     b.set_xlabel("step")
     b.set_ylabel("training loss on the answers (nats)")
+    b.axhline(torch.log(torch.tensor(float(N_VALUES))).item(), color="gray", ls="--", lw=0.8, label="ln 16")
     b.legend(fontsize=8)
-    fig.suptitle(f"Associative recall, {s['pairs']} pairs / {s['queries']} queries, trained at {s['seq_len']} tokens, "
-                 f"{s['steps']} steps x {s['batch_size']}{' (quick)' if s['quick'] else ''}", fontsize=10)
+    fig.suptitle(f"Associative recall, {'/'.join(map(str, s['pair_counts']))} pairs, trained at {s['seq_len']} "
+                 f"tokens: {s['steps']} steps x {s['batch_size']} sequences, lr {s['lr']:g}"
+                 f"{' (quick)' if s['quick'] else ''}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -197,16 +258,18 @@ def plot(results: dict, path):
 
 def markdown(results: dict) -> str:
     s = results["setup"]
-    mult = s["multiples"]
-    head = " | ".join(f"acc@{m}L ({n})" if m != 1 else f"acc@L ({n})" for m, n in zip(mult, s["test_lengths_tokens"]))
-    lines = [f"| model | params | {head} |", "|---|---|" + "---|" * len(mult)]
+    head = " | ".join(f"acc@{m}L ({n})" if m != 1 else f"acc@L ({n})"
+                      for m, n in zip(s["multiples"], s["test_lengths_tokens"]))
+    lines = [f"| model | pairs | params | {head} |", "|---|---|---|" + "---|" * len(s["multiples"])]
     for kind, m in results["models"].items():
-        lines.append(f"| {kind} | {m['params'] / 1e3:.0f}k | " + " | ".join(f"{a:.1%}" for a in m["accuracy"]) + " |")
+        lines.append(f"| {kind} | all | {m['params']:,} | " + " | ".join(f"**{a:.1%}**" for a in m["accuracy"]) + " |")
+        for p, acc in m["accuracy_by_pairs"].items():
+            lines.append(f"| {kind} | {p} | | " + " | ".join(f"{a:.1%}" for a in acc) + " |")
     k = results["target_length_multiple"]
-    acc = results["models"]["hope"]["accuracy"][mult.index(k)]
-    lines.append(f"\nTarget: Hope >= {results['target_hope_acc_at_4L']:.0%} at {k}L ({s['test_lengths_tokens'][-1]} "
-                 f"tokens); measured {acc:.1%}, target {'met' if results['target_met'] else 'NOT met'} "
-                 f"(chance {s['chance_accuracy']:.1%}).")
+    lines.append(f"\nTarget: Hope >= {results['target_hope_acc_at_4L']:.0%} of the answers at {k}L "
+                 f"({s['test_lengths_tokens'][s['multiples'].index(k)]} tokens); measured "
+                 f"{results['hope_acc_at_4L']:.1%} (Llama {results['llama_acc_at_4L']:.1%}, chance "
+                 f"{s['chance_accuracy']:.1%}): **{'met' if results['target_met'] else 'not met'}**.")
     return "\n".join(lines)
 
 
@@ -216,12 +279,17 @@ def main(argv=None):
     p.add_argument("--steps", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--seq-len", type=int, help="training length L, a multiple of 64 (the tiny preset's CMS chunk)")
+    p.add_argument("--multiples", type=int, nargs="+", help="test lengths as multiples of L (default 1 2 4)")
+    p.add_argument("--pair-counts", type=int, nargs="+", help="numbers of key-value pairs per sequence (default "
+                   "1 2 4 8)")
     p.add_argument("--lr", type=float)
+    p.add_argument("--eval-seqs", type=int, help="test sequences per pair count and length")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=common.RESULTS)
+    p.add_argument("--out", type=Path, help="results folder (default benchmarks/results, --quick: .../quick)")
     a = p.parse_args(argv)
+    a.out = a.out or (common.QUICK_RESULTS if a.quick else common.RESULTS)
     res = run(quick=a.quick, out=a.out, seed=a.seed, steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len,
-              lr=a.lr)
+              multiples=a.multiples, pair_counts=a.pair_counts, lr=a.lr, eval_seqs=a.eval_seqs)
     print(markdown(res))
 
 

@@ -25,3 +25,11 @@ def test_run_rejects_unknown_names(tmp_path):
     with pytest.raises(ValueError, match="unknown benchmark"):
         run.run(only=["nope"], out=tmp_path)
 
+
+
+def test_committed_results_render_in_the_current_format():
+    text = "\n".join(readme.sections())
+    assert "predates the current format" not in text
+    for name, _, title, _ in readme.SECTIONS:
+        if (readme.RESULTS / f"{name}.json").exists():
+            assert f"### {title}" in text

@@ -1,0 +1,91 @@
+"""Tests of `benchmarks.recall`: the synthetic associative-recall data, and the smallest run into a temporary folder."""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` lives at the repo root
+
+import pytest
+import torch
+
+from benchmarks import recall
+
+
+@pytest.mark.parametrize("seq_len", [64, 128, 512])
+def test_make_batch_writes_records_and_scores_only_the_answers(seq_len):
+    pairs, queries = 6, 3
+    ids, labels = recall.make_batch(20, seq_len, pairs, queries, torch.Generator().manual_seed(seq_len))
+    assert ids.shape == labels.shape == (20, seq_len) and ids.dtype == labels.dtype == torch.long
+    assert 0 <= ids.min() and ids.max() < recall.VOCAB_SIZE
+    keys, values, filler = (set(t.tolist()) for t in (recall.KEYS, recall.VALUES, recall.FILLER))
+    assert recall.VOCAB_SIZE == 64 and not (keys & values or keys & filler or values & filler)
+    assert min(keys | values | filler) > recall.QUERY
+    for row, lab in zip(ids.tolist(), labels.tolist()):
+        assert row[0] == recall.BOS and recall.PAD not in row and recall.EOS not in row
+        body, tail = row[:seq_len - 3 * queries], row[seq_len - 3 * queries:]
+        written, i = {}, 1
+        while i < len(body):  # records `KEY k VAL v` and single filler tokens
+            if body[i] == recall.KEY:
+                k, val_marker, v = body[i + 1:i + 4]
+                assert k in keys and val_marker == recall.VAL and v in values and k not in written  # distinct keys
+                written[k] = v
+                i += 4
+            else:
+                assert body[i] in filler
+                i += 1
+        assert len(written) == pairs and recall.QUERY not in body
+        asked = set()
+        for j in range(queries):
+            q, k, v = tail[3 * j:3 * j + 3]
+            assert q == recall.QUERY and k in written and v == written[k] and k not in asked
+            asked.add(k)
+        scored = [(t, y) for t, y in enumerate(lab) if y != -100]
+        assert scored == [(seq_len - 3 * queries + 3 * j + 2, tail[3 * j + 2]) for j in range(queries)]
+    # records land all over the body: some key is written in the first half, some in the second
+    firsts = (ids[:, :seq_len // 2] == recall.KEY).any(1)
+    lasts = (ids[:, seq_len // 2:seq_len - 3 * queries] == recall.KEY).any(1)
+    assert firsts.any() and lasts.any()
+    again = recall.make_batch(20, seq_len, pairs, queries, torch.Generator().manual_seed(seq_len))
+    assert torch.equal(again[0], ids) and torch.equal(again[1], labels)  # seeded
+
+
+def test_make_data_splits_the_sequences_over_the_pair_counts():
+    ids, labels, pairs = recall.make_data(10, 128, (1, 2, 8), torch.Generator().manual_seed(0))
+    assert ids.shape == labels.shape == (10, 128) and pairs.tolist() == [1] * 4 + [2] * 3 + [8] * 3
+    assert ((labels != -100).sum(1) == pairs).all()  # every key is asked once
+    assert ((ids == recall.KEY).sum(1) == pairs).all() and ((ids == recall.QUERY).sum(1) == pairs).all()
+
+
+def test_make_batch_rejects_impossible_settings():
+    with pytest.raises(ValueError):
+        recall.make_batch(1, 16, 8, 4, torch.Generator())
+    with pytest.raises(ValueError):
+        recall.make_batch(1, 128, 4, 5, torch.Generator())
+    with pytest.raises(TypeError):
+        recall.settings(False, {"nonsense": 1})
+
+
+def test_recall_benchmark_smallest_case(tmp_path):
+    results = recall.run(out=tmp_path, steps=2, batch_size=2, seq_len=64, multiples=(1, 2), pair_counts=(1, 2),
+                         eval_seqs=2)
+    data = json.loads((tmp_path / "recall.json").read_text())
+    assert data == json.loads(json.dumps(results))
+    assert (tmp_path / "recall.png").stat().st_size > 0
+    assert {"platform", "processor", "cpu_count", "torch_threads", "torch", "transformers"} <= set(data["machine"])
+    s = data["setup"]
+    assert s["test_lengths_tokens"] == [64, 128] and s["test_answers_per_length"] == 6 and data["wall_time_s"] > 0
+    for kind in ("hope", "llama"):
+        m = data["models"][kind]
+        assert m["steps_done"] == 2 and len(m["train_loss"]) == 2 and m["params"] > 0 and m["median_step_s"] > 0
+        rates = [m[k] for k in ("accuracy", "value_prediction_rate", "in_context_value_rate")]
+        rates += list(m["accuracy_by_pairs"].values())
+        assert set(m["accuracy_by_pairs"]) == {"1", "2"}
+        assert all(len(r) == 2 and all(0.0 <= a <= 1.0 for a in r) for r in rates)
+        assert all(a <= v for a, v in zip(m["in_context_value_rate"], m["value_prediction_rate"]))
+        assert data[f"{kind}_acc_at_4L"] == m["accuracy"][-1]  # no 4L here: the longest length stands in
+    assert 0.9 < data["models"]["llama"]["params"] / data["models"]["hope"]["params"] < 1.1
+    assert data["target_length_multiple"] == 2
+    assert data["target_met"] == (data["hope_acc_at_4L"] >= data["target_hope_acc_at_4L"])
+    table = recall.markdown(results)
+    assert "| hope | all |" in table and "| llama | 2 |" in table and "Target" in table
