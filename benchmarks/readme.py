@@ -131,9 +131,10 @@ def sections(results: Path = RESULTS) -> list[str]:
     run = results / "run.json"
     if run.exists():
         d = json.loads(run.read_text())
-        lines += ["", f"Full `python -m benchmarks.run`: {d['sum_of_benchmark_wall_times_s'] / 60:.1f} min for all "
-                  f"benchmarks (" + ", ".join(f"{k} {v['wall_time_s'] / 60:.1f}" for k, v in d["benchmarks"].items())
-                  + " min)."]
+        lines += ["", f"Wall time of the last full run of each benchmark (`benchmarks/results/run.json`; they may come "
+                  f"from separate `python -m benchmarks.run --only ...` calls): "
+                  f"{d['sum_of_benchmark_wall_times_s'] / 60:.1f} min in all ("
+                  + ", ".join(f"{k} {v['wall_time_s'] / 60:.1f}" for k, v in d["benchmarks"].items()) + " min)."]
     quick = results / "quick" / "run_quick.json"
     if quick.exists():
         d = json.loads(quick.read_text())
