@@ -216,14 +216,16 @@ def perplexity(loss: float) -> float:
 def train_lm(model, train: torch.Tensor, steps: int, *, batch_size: int, lr: float, seed: int = 0,
              evals: dict | None = None, eval_every: int | None = None, warmup: int | None = None,
              weight_decay: float = 0.01, clip: float = 1.0, labels: torch.Tensor | None = None,
-             desc: str = "train") -> dict:
+             make_optimizer=None, desc: str = "train") -> dict:
     """AdamW with warm-up + cosine on random batches of `train` (order fixed by `seed`, identical for every model).
 
+    `make_optimizer(model)` replaces the default AdamW(lr, betas 0.9/0.95, `weight_decay`).
     `labels` (same shape as `train`, -100 = not scored) replaces the default next-token labels (`train` itself).
     `evals` maps a name to held-out blocks, evaluated every `eval_every` steps and at the end. Returns the training
     loss per step, the evaluations [(step, {name: loss})], the median seconds per step and whether it diverged."""
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
+    opt = (make_optimizer(model) if make_optimizer is not None else
+           torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95)))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(steps, warmup or max(1, steps // 10)))
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
     losses, times, curve = [], [], []

@@ -18,17 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
-import statistics
 import time
 from pathlib import Path
 
 import torch
 import transformers
 
-from benchmarks.common import evaluate, lr_lambda, to_blocks
+from benchmarks.common import QUICK_RESULTS, RESULTS, final_eval, perplexity, to_blocks, train_lm
 from hope_hf import HopeConfig, HopeForCausalLM
 from hope_hf.corpus import stdlib_docs_text
 from hope_hf.optim import create_optimizer
@@ -57,30 +55,13 @@ def load_blocks(vocab_size: int, seq_len: int, max_chars: int | None, val_blocks
 def train_one(label, lr, config, init_state, train, val, steps, batch_size, warmup, seed, cms_periods):
     model = HopeForCausalLM(config)
     model.load_state_dict(init_state)
-    model.train()
     name, _, kwargs = RUNS[label]
-    opt = create_optimizer(model, name, lr=lr, weight_decay=0.01, cms_periods=cms_periods, **kwargs)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(steps, warmup))
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
-    losses, times = [], []
-    for step in range(steps):
-        idx = order[(torch.arange(batch_size) + step * batch_size) % len(train)]
-        x = train[idx]
-        t0 = time.perf_counter()
-        loss = model(input_ids=x, labels=x).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        sched.step()
-        times.append(time.perf_counter() - t0)
-        losses.append(loss.item())
-        if not math.isfinite(losses[-1]):
-            break
-    val_loss = evaluate(model, val, batch_size) if math.isfinite(losses[-1]) else float("nan")
-    return {"optimizer": name, "lr": lr, "kwargs": kwargs, "train_loss": losses, "steps_done": len(losses),
-            "median_step_s": statistics.median(times), "val_loss": val_loss,
-            "val_perplexity": math.exp(val_loss) if math.isfinite(val_loss) and val_loss < 50 else float("inf")}
+    r = train_lm(model, train, steps, batch_size=batch_size, lr=lr, seed=seed, evals={"val": val}, warmup=warmup,
+                 make_optimizer=lambda m: create_optimizer(m, name, lr=lr, weight_decay=0.01, cms_periods=cms_periods,
+                                                           **kwargs), desc=label)
+    val_loss = final_eval(r, "val")
+    return {"optimizer": name, "lr": lr, "kwargs": kwargs, "train_loss": r["train_loss"], "steps_done": r["steps_done"],
+            "median_step_s": r["median_step_s"], "val_loss": val_loss, "val_perplexity": perplexity(val_loss)}
 
 
 def run(quick=False, steps=None, batch_size=None, seq_len=None, optimizers=tuple(RUNS), lrs=None,
@@ -155,8 +136,9 @@ def main(argv=None):
     p.add_argument("--seq-len", type=int, help="a multiple of 64 (the tiny preset's smallest CMS chunk)")
     p.add_argument("--optimizers", nargs="+", default=list(RUNS), choices=list(RUNS))
     p.add_argument("--lr", action="append", default=[], metavar="NAME=VALUE", help="override a learning rate")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--out", type=Path, help="results folder (default benchmarks/results, --quick: .../quick)")
     a = p.parse_args(argv)
+    a.out = a.out or (QUICK_RESULTS if a.quick else RESULTS)
     lrs = {k: float(v) for k, v in (s.split("=", 1) for s in a.lr)}
     res = run(quick=a.quick, steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len, optimizers=a.optimizers,
               lrs=lrs, out=a.out)
