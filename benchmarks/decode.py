@@ -14,7 +14,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from benchmarks.common import QUICK_RESULTS, RESULTS, Run, matched_llama, n_params, write_results
+from benchmarks.common import (
+    QUICK_RESULTS,
+    RESULTS,
+    Run,
+    matched_llama,
+    n_params,
+    write_results,
+)
 from hope_hf import HopeConfig, HopeForCausalLM
 from hope_hf.cache_hope import tree_map
 

@@ -26,7 +26,14 @@ from pathlib import Path
 import torch
 import transformers
 
-from benchmarks.common import QUICK_RESULTS, RESULTS, final_eval, perplexity, to_blocks, train_lm
+from benchmarks.common import (
+    QUICK_RESULTS,
+    RESULTS,
+    final_eval,
+    perplexity,
+    to_blocks,
+    train_lm,
+)
 from hope_hf import HopeConfig, HopeForCausalLM
 from hope_hf.corpus import stdlib_docs_text
 from hope_hf.optim import create_optimizer
