@@ -96,6 +96,18 @@ class _MultiRate(Optimizer):
                 out.append((p, g))
         return out
 
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Apply `_step_param(p, g, group)` (the subclass's rule) to every parameter due at this call."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p, g in self._group_grads(group):
+                self._step_param(p, g, group)
+        return loss
+
 
 class M3(_MultiRate):
     """Multi-scale Momentum Muon (arXiv Alg. 1 / Eq. 75; hope-paper.md §1.8).
@@ -140,20 +152,12 @@ class M3(_MultiRate):
                         update_every=update_every, accumulate=accumulate)
         super().__init__(params, defaults)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p, g in self._group_grads(group):
-                if group["use_muon"] and p.ndim >= 2:
-                    self._muon_step(p, g, group)
-                else:
-                    _adamw_step(p, g, self.state[p], group["lr"] * group["adamw_lr_ratio"], group["adamw_betas"],
-                                group["eps"], group["weight_decay"])
-        return loss
+    def _step_param(self, p, g, group):
+        if group["use_muon"] and p.ndim >= 2:
+            self._muon_step(p, g, group)
+        else:
+            _adamw_step(p, g, self.state[p], group["lr"] * group["adamw_lr_ratio"], group["adamw_betas"],
+                        group["eps"], group["weight_decay"])
 
     def _muon_step(self, p, g, group):
         st = self.state[p]
@@ -255,17 +259,6 @@ class DMGD(_MultiRate):
                         hidden=hidden, inner_lr=inner_lr, inner_decay=momentum if inner_decay is None else inner_decay,
                         weight_decay=weight_decay, update_every=update_every, accumulate=accumulate)
         super().__init__(params, defaults)
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p, u in self._group_grads(group):
-                self._step_param(p, u, group)
-        return loss
 
     def _step_param(self, p, u, group):
         st = self.state[p]
