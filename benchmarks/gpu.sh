@@ -5,7 +5,7 @@
 #   gpu_speed.json   training tokens/s, FLOPs, fraction of the measured bf16 matmul peak (MFU), peak memory:
 #                    Hope small and 340m vs parameter-matched Llama at 512 and 2048 tokens
 #   gpu_decode.json  ms/token after 256/2048/8192 prompt tokens and state bytes, Hope small vs Llama
-#   gpu_smoke.json   a 40-step bf16 training run of Hope tiny (finite losses) and the older small-model figures
+#   gpu_smoke.json   a 40-step bf16 training run of Hope tiny (finite losses)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT="${1:-benchmarks/results}"
