@@ -75,6 +75,9 @@ def decode(model, prompt_len: int, new_tokens: int, chunk: int = 4096, device="c
             "state_bytes": state_bytes(cache)}
 
 
+QUICK = {"lengths": (256, 2048), "new_tokens": 8}  # --quick: short prompts, fewer timed tokens
+
+
 def run(preset="tiny", lengths=(256, 2048, 8192, 32768), new_tokens=16, out_dir=RESULTS,
         quick=False, device="cpu", autocast_dtype=None, name=None):
     bench = Run()
@@ -130,9 +133,11 @@ def main(argv=None):
     p.add_argument("--out", type=Path, help="results folder (default benchmarks/results, --quick: .../quick)")
     args = p.parse_args(argv)
     args.out = args.out or (QUICK_RESULTS if args.quick else RESULTS)
-    lengths = args.lengths or ((256, 2048) if args.quick else (256, 2048, 8192, 32768))
-    res = run(args.preset, tuple(lengths), 8 if args.quick else 16, args.out, args.quick, args.device,
-              torch.bfloat16 if args.bf16 else None, args.name)
+    kw = dict(QUICK) if args.quick else {}
+    if args.lengths:
+        kw["lengths"] = tuple(args.lengths)
+    res = run(args.preset, out_dir=args.out, quick=args.quick, device=args.device,
+              autocast_dtype=torch.bfloat16 if args.bf16 else None, name=args.name, **kw)
     print(markdown(res))
 
 

@@ -33,8 +33,7 @@ def _decode(preset):
     def go(quick, out):
         from benchmarks import decode
 
-        return decode.run(preset, (256, 2048) if quick else (256, 2048, 8192, 32768), 8 if quick else 16, Path(out),
-                          quick)
+        return decode.run(preset, out_dir=Path(out), quick=quick, **(decode.QUICK if quick else {}))
     return go
 
 
