@@ -145,10 +145,7 @@ def evaluate_length(model, ids, labels, pairs, pair_counts) -> dict:
 
 
 def settings(quick: bool, overrides: dict) -> dict:
-    unknown = set(overrides) - set(FULL)
-    if unknown:
-        raise TypeError(f"unknown settings {sorted(unknown)}; choose from {sorted(FULL)}")
-    s = {**(QUICK if quick else FULL), **{k: v for k, v in overrides.items() if v is not None}}
+    s = common.settings(FULL, QUICK, quick, overrides)
     s["multiples"], s["pair_counts"] = [int(m) for m in s["multiples"]], [int(p) for p in s["pair_counts"]]
     return s
 
