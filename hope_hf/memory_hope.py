@@ -70,8 +70,11 @@ def chunk_gates(log_alpha, log_beta=None, write=None):
     return g
 
 
-def dgd_chunk(W0, S0, A, E, rho, log_alpha, log_beta=None, write=None, gates=None):
-    """C steps of `dgd_step` at once, for rank-one gradients grad_t = delta_t a_t^T: returns (W_C, S_C).
+def dgd_chunk(W0, S0, A, E, rho, log_alpha, log_beta=None, write=None, gates=None, X=None):
+    """C steps of `dgd_step` at once, for rank-one gradients grad_t = delta_t a_t^T: returns (W_C, S_C, R).
+
+    R holds the in-chunk reads R_t = W_{t-1} x_t of the queries X [..., C, in] (the state after the writes of every
+    earlier position of the chunk, before position t's own write; None without X).
 
     E holds e_t = -eta_t delta_t (zero at masked positions).
 
@@ -82,13 +85,21 @@ def dgd_chunk(W0, S0, A, E, rho, log_alpha, log_beta=None, write=None, gates=Non
     With b_t = prod_{j<=t} alpha_j, B_t = prod_{j<=t} beta_j and y_t = W_{t-1} a_t, unrolling gives
         W_t = b_t W0 + c_t S0 + sum_{j<=t} G[t,j] e_j a_j^T - sum_{i<=t} (b_t/b_i) rho_i y_i a_i^T
     with G = Lb @ LB (Lb[t,i] = b_t/b_i, LB[i,j] = B_i/B_j) and c = Lb @ B. Multiplying W_{t-1} by a_t makes
-    the y_t a unit lower-triangular system (I + (Lb_prev o K) diag(rho)) Y = R with K = A A^T: one solve.
+    the y_t a unit lower-triangular system (I + (Lb_prev o K) diag(rho)) Y = R with K = A A^T: one solve. The
+    reads of other vectors x_t follow from the same sum with Q = X A^T in place of K (the DeltaNet/TTT dual form):
+        R = b_prev o (X W0^T) + c_prev o (X S0^T) + (G_prev o Q) E - (Lb_prev o Q) diag(rho) Y.
     """
     g = gates if gates is not None else chunk_gates(log_alpha, log_beta, write)
     C = A.shape[-2]
     W = g["b_end"][..., None, None] * W0 + (E * g["G_end"].unsqueeze(-1)).transpose(-1, -2) @ A
     if g["c"] is not None:
         W = W + g["c"][..., -1, None, None] * S0
+    read = None
+    if X is not None:
+        Q = X @ A.transpose(-1, -2)
+        read = g["b_prev"].unsqueeze(-1) * (X @ W0.transpose(-1, -2)) + (g["G_prev"] * Q) @ E
+        if g["c"] is not None:
+            read = read + g["c_prev"].unsqueeze(-1) * (X @ S0.transpose(-1, -2))
     if rho is not None:
         K = A @ A.transpose(-1, -2)
         R = g["b_prev"].unsqueeze(-1) * (A @ W0.transpose(-1, -2)) + (g["G_prev"] * K) @ E
@@ -101,18 +112,21 @@ def dgd_chunk(W0, S0, A, E, rho, log_alpha, log_beta=None, write=None, gates=Non
         else:
             Y = torch.linalg.solve_triangular(T, R, upper=False, unitriangular=True)
         W = W - (Y * (g["Lb_end"] * rho).unsqueeze(-1)).transpose(-1, -2) @ A
+        if X is not None:
+            read = read - (g["Lb_prev"] * Q * rho.unsqueeze(-2)) @ Y
     if g["c"] is None:
         S = E[..., -1, :].unsqueeze(-1) * A[..., -1, :].unsqueeze(-2)
     else:
         S = g["B_end"][..., None, None] * S0 + (E * g["LB_end"].unsqueeze(-1)).transpose(-1, -2) @ A
-    return W, S
+    return W, S, read
 
 
 # ------------------------------------------------------------------- the residual 2-layer MLP memory (Eq. 89)
 
 
-def _unit(s, eps=1e-6):
-    """s / sqrt(|s|^2 + eps) and that scale (the memory's unit-norm hidden activation)."""
+def _unit(s, eps=1e-4):
+    """s / sqrt(|s|^2 + eps) and that scale (the memory's unit-norm hidden activation). eps bounds the Jacobian
+    (<= eps^-1/2 = 100): with 1e-6 a small |silu(W2 z)| (2.8e-3 seen) gave single-step gradient spikes of ~100x."""
     inv = torch.rsqrt(s.pow(2).sum(-1, keepdim=True) + eps)
     return s * inv, inv
 
@@ -172,17 +186,20 @@ def _masked_gates(eta, log_alpha, log_beta, mask):
     return eta, log_alpha, log_beta
 
 
-def memory_update(state, k, vhat, eta, log_alpha, log_beta, mask, objective, use_dgd, reference=False):
-    """Write tokens [k, vhat] into a memory group; reads/gradients use the chunk-start state (W1r, W2r).
+def memory_update(state, k, vhat, eta, log_alpha, log_beta, mask, objective, use_dgd, reference=False, query=None):
+    """Write tokens [k, vhat] into a memory group; gradients use the chunk-start state (W1r, W2r) (Eq. 90-91).
 
     state tensors: [B, H, n, ...]; k: [B, H, 1, c, d]; vhat: [B, H, n, c, d]; eta, log_alpha: [B, H, c];
-    log_beta: [H] or None; mask: [B, c]. The fast path uses `dgd_chunk` (one token: `dgd_step`); the reference
-    steps token by token with `dgd_step` and autograd gradients of the inner loss (Eq. 88 literally)."""
+    log_beta: [H] or None; mask: [B, c]. With `query` [B, H, n, c, d] also returns the reads M_{t-1}(q_t) of the
+    running state before each position's own write and after every earlier one (Eq. 86/94; design.md A1), else None.
+    The fast path uses `dgd_chunk` (one token: `dgd_step`); the reference steps token by token with `dgd_step`,
+    autograd gradients of the inner loss (Eq. 88 literally) and `mlp_memory` reads. Returns (new_state, reads)."""
     eta_m, log_alpha, log_beta = _masked_gates(eta, log_alpha, log_beta, mask)
     new = dict(state)
     if not reference:
         h, d1, d2 = memory_errors(state["W1r"], state["W2r"], k, vhat, objective)
         if k.shape[-2] == 1:                     # one token (decoding): the step itself, gradient delta a^T
+            read = None if query is None else mlp_memory(state["W1"], state["W2"], query)
             e, w = eta_m[..., 0], mask[:, None, None, 0].to(k.dtype)
             alpha, beta = torch.exp(log_alpha[..., 0]), None if log_beta is None else torch.exp(log_beta[..., 0])
             rho = e if use_dgd else torch.zeros_like(e)
@@ -193,16 +210,22 @@ def memory_update(state, k, vhat, eta, log_alpha, log_beta, mask, objective, use
             gates = chunk_gates(log_alpha, log_beta, mask[:, None, None, :].to(k.dtype))
             rho = eta_m if use_dgd else None
             E1, E2 = -eta_m.unsqueeze(-1) * d1, -eta_m.unsqueeze(-1) * d2
-            new["W1"], S1 = dgd_chunk(state["W1"], state.get("S1"), h, E1, rho, None, gates=gates)
-            new["W2"], S2 = dgd_chunk(state["W2"], state.get("S2"), k, E2, rho, None, gates=gates)
+            # layer 2 first: its in-chunk reads W2_{t-1} q_t give layer 1's read inputs n(silu(W2_{t-1} q_t))
+            new["W2"], S2, r2 = dgd_chunk(state["W2"], state.get("S2"), k, E2, rho, None, gates=gates, X=query)
+            nq = None if query is None else _unit(F.silu(r2))[0]
+            new["W1"], S1, r1 = dgd_chunk(state["W1"], state.get("S1"), h, E1, rho, None, gates=gates, X=nq)
+            read = None if query is None else query + r1
         if log_beta is not None:
             new["S1"], new["S2"] = S1, S2
-        return new
+        return new, read
+    reads = []
     with torch.enable_grad():
         # fresh aliases: the gradient is taken w.r.t. M only where M is applied to k (vhat is a fixed target)
         W1r, W2r = (w.view_as(w) if w.requires_grad else w.detach().requires_grad_()
                     for w in (state["W1r"], state["W2r"]))
         for t in range(k.shape[-2]):
+            if query is not None:                                   # read before this token's write
+                reads.append(mlp_memory(new["W1"], new["W2"], query[..., t:t + 1, :]))
             kt, vt = k[..., t:t + 1, :], vhat[..., t:t + 1, :]
             g1, g2 = torch.autograd.grad(_inner_loss(W1r, W2r, kt, vt, objective), (W1r, W2r), create_graph=True)
             h = _unit(F.silu(kt @ W2r.transpose(-1, -2)))[0][..., 0, :]
@@ -214,7 +237,7 @@ def memory_update(state, k, vhat, eta, log_alpha, log_beta, mask, objective, use
             new["W2"], S2 = dgd_step(new["W2"], new.get("S2"), kt[..., 0, :], g2, e, rho, a, b, w)
             if log_beta is not None:
                 new["S1"], new["S2"] = S1, S2
-    return new
+    return new, (torch.cat(reads, -2) if reads else None)
 
 
 def _commit_reads(state, complete):
@@ -230,14 +253,14 @@ def _column_ranges(T, offset, chunk, reference):
 def projection_memories(params, state, u, mask, offset, cfg, reference=False):
     """Self-modifying k, v, q, eta, alpha memories (arXiv Eq. 87-88, 94, 97), chunk size C_p.
 
-    u: memory input stream [B, H, T, d]; mask: [B, T] real tokens; offset: phase of column 0 on the chunk grid.
-    params: W1, W2 ([H, n, d, h] / [H, n, h, d], memories ordered k, v, eta, alpha[, q]), eta_w/alpha_w [H, d],
-    eta_b/alpha_b [H], log_beta [H] or None. Each memory reads x_t and writes (k_t, M_box(v_t)) with its own
-    chunk-start state. Returns (k, v, q or None, eta, log_alpha, new_state); k and q are L2-normalised."""
+    u: each memory's input stream [B, H, n, T, d] (memories ordered k, v, eta, alpha[, q]); mask: [B, T] real tokens;
+    offset: phase of column 0 on the chunk grid. params: W1, W2 ([H, n, d, h] / [H, n, h, d]), eta_w/alpha_w [H, d],
+    eta_b/alpha_b [H], log_beta [H] or None. Each memory reads its input with its chunk-start state (Eq. 90) and
+    writes (k_t, M_box(v_t)). Returns (k, v, q or None, eta, log_alpha, new_state); k and q are L2-normalised."""
     chunk, eta_max = cfg["projection_chunk_size"], cfg["memory_lr_max"]
     outs = []
-    for f, f_end in _column_ranges(u.shape[2], offset, chunk, reference):
-        x = u[:, :, None, f:f_end]
+    for f, f_end in _column_ranges(u.shape[3], offset, chunk, reference):
+        x = u[:, :, :, f:f_end]
         r = mlp_memory(state["W1r"], state["W2r"], x)                            # [B, H, n, c, d]
         k, v = F.normalize(r[:, :, 0], dim=-1), r[:, :, 1]
         log_alpha = F.logsigmoid((r[:, :, 3] * params["alpha_w"][:, None]).sum(-1) + params["alpha_b"][:, None])
@@ -245,8 +268,8 @@ def projection_memories(params, state, u, mask, offset, cfg, reference=False):
         eta = torch.minimum(eta, (1 + log_alpha.exp()) / 2)                     # |alpha - 2 eta| <= 1 (A6)
         q = F.normalize(r[:, :, 4], dim=-1) if r.shape[2] > 4 else None
         vhat = mlp_memory(state["W1r"], state["W2r"], v.unsqueeze(2))           # self-generated values (Eq. 87)
-        state = memory_update(state, k.unsqueeze(2), vhat, eta, log_alpha, params["log_beta"], mask[:, f:f_end],
-                              cfg["memory_objective"], cfg["use_dgd"], reference)
+        state, _ = memory_update(state, k.unsqueeze(2), vhat, eta, log_alpha, params["log_beta"], mask[:, f:f_end],
+                                 cfg["memory_objective"], cfg["use_dgd"], reference)
         state = _commit_reads(state, ((offset + f_end) % chunk == 0) & mask[:, f_end - 1])
         outs.append((k, v, q, eta, log_alpha))
     k, v, q, eta, log_alpha = (None if o[0] is None else torch.cat(o, dim=-2 if o[0].dim() == 4 else -1)
@@ -255,21 +278,22 @@ def projection_memories(params, state, u, mask, offset, cfg, reference=False):
 
 
 def output_memory(params, state, k, v, q, eta, log_alpha, mask, offset, cfg, reference=False):
-    """The memory M_memory (arXiv Eq. 86/88/94-95), chunk size C_m: o_t = M(q_t) read before the write.
+    """The memory M_memory (arXiv Eq. 86/88/94-95), chunk size C_m: o_t = M_{memory,t-1}(q_t).
 
+    The read sees the writes of every earlier token, those earlier in the same chunk included (design.md A1); the
+    inner-loss gradients and the self-generated targets use the chunk-start state (Eq. 90-91).
     k, v, q: [B, H, T, d]; eta, log_alpha: [B, H, T]; params: log_beta [H] or None. With self-modification the
     target is M(v_t) (Eq. 87), else v_t (plain Titans). Returns (o [B, H, T, d], new_state)."""
     chunk = cfg["memory_chunk_size"]
     outs = []
     for f, f_end in _column_ranges(q.shape[2], offset, chunk, reference):
-        W1r, W2r = state["W1r"], state["W2r"]
-        o = mlp_memory(W1r, W2r, q[:, :, None, f:f_end])[:, :, 0]
         vc = v[:, :, None, f:f_end]
-        vhat = mlp_memory(W1r, W2r, vc) if cfg["self_modifying"] else vc
-        state = memory_update(state, k[:, :, None, f:f_end], vhat, eta[..., f:f_end], log_alpha[..., f:f_end],
-                              params["log_beta"], mask[:, f:f_end], cfg["memory_objective"], cfg["use_dgd"], reference)
+        vhat = mlp_memory(state["W1r"], state["W2r"], vc) if cfg["self_modifying"] else vc
+        state, o = memory_update(state, k[:, :, None, f:f_end], vhat, eta[..., f:f_end], log_alpha[..., f:f_end],
+                                 params["log_beta"], mask[:, f:f_end], cfg["memory_objective"], cfg["use_dgd"],
+                                 reference, query=q[:, :, None, f:f_end])
         state = _commit_reads(state, ((offset + f_end) % chunk == 0) & mask[:, f_end - 1])
-        outs.append(o)
+        outs.append(o[:, :, 0])
     return torch.cat(outs, dim=2), state
 
 

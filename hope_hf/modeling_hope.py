@@ -70,8 +70,8 @@ class HopeSelfModifyingMemory(nn.Module):
         D, H, d, h = config.hidden_size, config.num_attention_heads, config.head_dim, config.memory_hidden_size
         self.config = config
         self.norm = HopeRMSNorm(D, config.rms_norm_eps)
-        self.in_proj = nn.Linear(D, D, bias=False)
-        self.conv_weight = nn.Parameter(torch.zeros(D, config.conv_size))
+        self.in_proj = nn.Linear(D, 3 * D, bias=False)                  # q, k, v streams (Titans §4.4)
+        self.conv_weight = nn.Parameter(torch.zeros(3 * D, config.conv_size))
         if config.self_modifying:
             n = 5 if config.adaptive_query else 4                        # k, v, eta, alpha[, q]
             self.bank_W1 = nn.Parameter(torch.zeros(H, n, d, h))          # meta-learned initial states M_box,0
@@ -82,10 +82,7 @@ class HopeSelfModifyingMemory(nn.Module):
             self.alpha_b = nn.Parameter(torch.zeros(H))
             if config.use_momentum:
                 self.bank_beta_logit = nn.Parameter(torch.zeros(H))
-            if not config.adaptive_query:
-                self.q_proj = nn.Linear(D, D, bias=False)
         else:
-            self.qkv_proj = nn.Linear(D, 3 * D, bias=False)
             self.gate_logits = nn.Linear(D, 2 * H, bias=True)               # eta, alpha per head
         self.mem_W1 = nn.Parameter(torch.zeros(H, 1, d, h))
         self.mem_W2 = nn.Parameter(torch.zeros(H, 1, h, d))
@@ -103,7 +100,7 @@ class HopeSelfModifyingMemory(nn.Module):
 
     def init_state(self, batch_size, device, dtype):
         c = self.config
-        state = {"conv": torch.zeros(batch_size, c.conv_size - 1, c.hidden_size, device=device, dtype=dtype),
+        state = {"conv": torch.zeros(batch_size, c.conv_size - 1, 3 * c.hidden_size, device=device, dtype=dtype),
                  "mem": init_memory_state(self.mem_W1, self.mem_W2, batch_size, c.use_momentum)}
         if c.self_modifying:
             state["bank"] = init_memory_state(self.bank_W1, self.bank_W2, batch_size, c.use_momentum)
@@ -115,8 +112,7 @@ class HopeSelfModifyingMemory(nn.Module):
         H, d = c.num_attention_heads, c.head_dim
         xn = self.norm(x)
         z, conv_tail = causal_conv(self.in_proj(xn), mask, state["conv"], self.conv_weight)
-        u = F.silu(z)
-        heads = lambda t: t.view(B, S, H, d).transpose(1, 2)                        # noqa: E731
+        uq, uk, uv = F.silu(z).view(B, S, 3, H, d).permute(2, 0, 3, 1, 4)           # 3 x [B, H, S, d]
         fn_cfg = self._fn_config()
         new_state = {"conv": conv_tail}
         wmask = mask if write else torch.zeros_like(mask)                        # False: read-only memories
@@ -124,14 +120,15 @@ class HopeSelfModifyingMemory(nn.Module):
             params = {"W1": self.bank_W1, "W2": self.bank_W2, "eta_w": self.eta_w, "eta_b": self.eta_b,
                       "alpha_w": self.alpha_w, "alpha_b": self.alpha_b,
                       "log_beta": F.logsigmoid(self.bank_beta_logit) if c.use_momentum else None}
+            # M_k, M_v, M_q read their own streams; the gate memories M_eta, M_alpha read the key stream
+            streams = (uk, uv, uk, uk, uq) if c.adaptive_query else (uk, uv, uk, uk)
             k, v, q, eta, log_alpha, new_state["bank"] = projection_memories(
-                params, state["bank"], heads(u), wmask, offset, fn_cfg, reference)
+                params, state["bank"], torch.stack(streams, 2), wmask, offset, fn_cfg, reference)
             if q is None:
-                q = F.normalize(heads(self.q_proj(u)), dim=-1)
+                q = F.normalize(uq, dim=-1)
         else:
-            kk, vv, qq = self.qkv_proj(u).chunk(3, dim=-1)
-            k, v, q = F.normalize(heads(kk), dim=-1), heads(vv), F.normalize(heads(qq), dim=-1)
-            g_eta, g_alpha = self.gate_logits(u).transpose(1, 2).chunk(2, dim=1)      # [B, H, S]
+            k, v, q = F.normalize(uk, dim=-1), uv, F.normalize(uq, dim=-1)
+            g_eta, g_alpha = self.gate_logits(xn).transpose(1, 2).chunk(2, dim=1)     # [B, H, S]
             log_alpha = F.logsigmoid(g_alpha)
             eta = torch.minimum(c.memory_lr_max * torch.sigmoid(g_eta), (1 + log_alpha.exp()) / 2)
         mem_params = {"log_beta": F.logsigmoid(self.mem_beta_logit) if c.use_momentum else None}

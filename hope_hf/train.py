@@ -414,7 +414,7 @@ def main(argv: list[str] | None = None) -> Path:
                 log.write(step=step + 1, batch_hashes=hashes.tolist())
             with accelerator.accumulate(model):
                 loss += forward_backward(model, batch, args.tbptt_segments, accelerator) / args.grad_accum
-        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)  # before clipping
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -424,7 +424,8 @@ def main(argv: list[str] | None = None) -> Path:
         elapsed += time.perf_counter() - t0  # training time only (no evaluation or checkpointing)
         lr = scheduler.get_last_lr()[0]
         tok_s = tokens / elapsed
-        log.write(step=step, loss=loss, lr=lr, tokens=tokens, tokens_per_s=round(tok_s, 1))
+        log.write(step=step, loss=loss, lr=lr, grad_norm=round(float(grad_norm), 4), tokens=tokens,
+                  tokens_per_s=round(tok_s, 1))
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
         if step % args.eval_every == 0 or step == args.max_steps:

@@ -22,13 +22,16 @@ def _chunk_inputs(dtype, C=7, out=5, inn=4, batch=3, seed=0):
     return dict(W0=r(batch, out, inn), S0=r(batch, out, inn), A=F.normalize(r(batch, C, inn), dim=-1),
                 E=r(batch, C, out), rho=0.5 * torch.rand(batch, C, generator=g, dtype=dtype),
                 alpha=0.5 + 0.5 * torch.rand(batch, C, generator=g, dtype=dtype),
-                beta=torch.rand(batch, C, generator=g, dtype=dtype))
+                beta=torch.rand(batch, C, generator=g, dtype=dtype), X=r(batch, C, inn))
 
 
-def _loop(x, momentum, dgd):
-    """Eq. 88 token by token, with the rank-one gradient delta_t a_t^T written as a full matrix."""
+def _loop(x, momentum, dgd, reads=None):
+    """Eq. 88 token by token, with the rank-one gradient delta_t a_t^T written as a full matrix. Appends W_{t-1} x_t
+    (the read before token t's write) to `reads` for the queries x["X"]."""
     W, S = x["W0"], x["S0"]
     for t in range(x["A"].shape[1]):
+        if reads is not None:
+            reads.append((W @ x["X"][:, t].unsqueeze(-1)).squeeze(-1))
         a, e = x["A"][:, t], x["E"][:, t]
         grad = -(e.unsqueeze(-1) * a.unsqueeze(-2))            # eta * grad = -e a^T with eta = 1
         rho = x["rho"][:, t] if dgd else torch.zeros_like(x["rho"][:, t])
@@ -41,18 +44,22 @@ def _loop(x, momentum, dgd):
 @pytest.mark.parametrize("momentum", [True, False])
 @pytest.mark.parametrize("dgd", [True, False])
 def test_dgd_chunk_equals_token_loop_with_gradients(dtype, momentum, dgd):
+    """End state, momentum and the in-chunk reads W_{t-1} x_t (the dual form) against the token loop."""
     x = _chunk_inputs(dtype)
     for v in x.values():
         v.requires_grad_(True)
-    W_ref, S_ref = _loop(x, momentum, dgd)
-    W, S = dgd_chunk(x["W0"], x["S0"], x["A"], x["E"], x["rho"] if dgd else None, x["alpha"].log(),
-                     x["beta"].log() if momentum else None)
+    reads = []
+    W_ref, S_ref = _loop(x, momentum, dgd, reads)
+    R_ref = torch.stack(reads, 1)
+    W, S, R = dgd_chunk(x["W0"], x["S0"], x["A"], x["E"], x["rho"] if dgd else None, x["alpha"].log(),
+                        x["beta"].log() if momentum else None, X=x["X"])
     _close(W, W_ref, dtype)
+    _close(R, R_ref, dtype)
     if momentum:
         _close(S, S_ref, dtype)
-    probe = torch.randn_like(W)
-    g_ref = torch.autograd.grad((W_ref * probe).sum(), list(x.values()), allow_unused=True)
-    g = torch.autograd.grad((W * probe).sum(), list(x.values()), allow_unused=True)
+    probe, probe_r = torch.randn_like(W), torch.randn_like(R)
+    g_ref = torch.autograd.grad((W_ref * probe).sum() + (R_ref * probe_r).sum(), list(x.values()), allow_unused=True)
+    g = torch.autograd.grad((W * probe).sum() + (R * probe_r).sum(), list(x.values()), allow_unused=True)
     for a, b in zip(g, g_ref):
         if b is not None:
             _close(a if a is not None else torch.zeros_like(b), b, dtype)
@@ -71,7 +78,7 @@ def test_dgd_step_is_eq88_closed_form_for_a_linear_memory():
     closed = M @ (alpha * torch.eye(4, dtype=torch.float64) - eta * torch.outer(k, k)) - eta * torch.outer(M @ k - v, k)
     torch.testing.assert_close(W, closed, rtol=0, atol=1e-12)
     # the chunk form with one token is the same step
-    Wc, _ = dgd_chunk(M[None], torch.zeros(1, 4, 4, dtype=torch.float64), k[None, None], -eta * (M @ k - v)[None, None],
+    Wc, _, _ = dgd_chunk(M[None], torch.zeros(1, 4, 4, dtype=torch.float64), k[None, None], -eta * (M @ k - v)[None, None],
                       eta[None, None], alpha.log()[None, None])
     torch.testing.assert_close(Wc[0], closed, rtol=0, atol=1e-12)
 
@@ -84,7 +91,7 @@ def test_without_dgd_the_update_is_titans_eq13_14():
         grad = -(x["E"][:, t].unsqueeze(-1) * x["A"][:, t].unsqueeze(-2))
         S = x["beta"][:, t, None, None] * S - grad
         W = x["alpha"][:, t, None, None] * W + S
-    Wc, Sc = dgd_chunk(x["W0"], x["S0"], x["A"], x["E"], None, x["alpha"].log(), x["beta"].log())
+    Wc, Sc, _ = dgd_chunk(x["W0"], x["S0"], x["A"], x["E"], None, x["alpha"].log(), x["beta"].log())
     torch.testing.assert_close(Wc, W, rtol=0, atol=1e-10)
     torch.testing.assert_close(Sc, S, rtol=0, atol=1e-10)
 
@@ -98,7 +105,7 @@ def test_dot_objective_without_retention_is_the_delta_rule():
         k = x["A"][:, t]
         M = M - eta[:, t, None, None] * (M @ k.unsqueeze(-1)) * k.unsqueeze(-2) \
             + eta[:, t, None, None] * V[:, t].unsqueeze(-1) * k.unsqueeze(-2)
-    Wc, _ = dgd_chunk(x["W0"], None, x["A"], eta.unsqueeze(-1) * V, eta, torch.zeros_like(eta))
+    Wc, _, _ = dgd_chunk(x["W0"], None, x["A"], eta.unsqueeze(-1) * V, eta, torch.zeros_like(eta))
     torch.testing.assert_close(Wc, M, rtol=0, atol=1e-10)
 
 
@@ -108,7 +115,7 @@ def _memory_setup(dtype, n, objective="l2", momentum=True, seed=0, B=2, H=2, d=4
     params = dict(W1=r(H, n, d, h, sc=0.3), W2=r(H, n, h, d, sc=1.0), eta_w=r(H, d), eta_b=r(H),
                   alpha_w=r(H, d), alpha_b=(2 + torch.zeros(H, dtype=dtype)).requires_grad_(True),
                   log_beta=torch.nn.functional.logsigmoid(r(H)) if momentum else None)
-    u = r(B, H, T, d, sc=0.5)
+    u = r(B, H, n, T, d, sc=0.5)                # one input stream per memory
     mask = torch.ones(B, T, dtype=torch.bool)
     mask[1, :5] = False                       # a sample that starts later (left padding / other phase)
     mask[0, -3:] = False                      # and one that stops earlier
@@ -132,7 +139,7 @@ def test_projection_and_output_memories_fast_equal_reference(dtype, variant):
         st = init_memory_state(params["W1"], params["W2"], 2, momentum)
         k, v, q, eta, log_alpha, bank = projection_memories(params, st, u, mask, 3, cfg, reference=ref)
         if q is None:
-            q = F.normalize(u, dim=-1)
+            q = F.normalize(u[:, :, 0], dim=-1)
         mst = init_memory_state(mem_W1, mem_W2, 2, momentum)
         o, mem = output_memory(mem_params, mst, k, v, q, eta, log_alpha, mask, 3, cfg, reference=ref)
         outs = [k, v, q, eta, log_alpha, o] + [bank[key] for key in sorted(bank)] + [mem[key] for key in sorted(mem)]
@@ -179,11 +186,11 @@ def test_masked_positions_leave_state_and_momentum_untouched():
         grad = -(E[:, t].unsqueeze(-1) * x["A"][:, t].unsqueeze(-2))
         W, S = dgd_step(W, S, x["A"][:, t], grad, torch.ones_like(rho[:, t]), rho[:, t], la[:, t].exp(),
                         lb[:, t].exp(), m[:, t])
-    Wc, Sc = dgd_chunk(x["W0"], x["S0"], x["A"], E, rho, la, lb, m)
+    Wc, Sc, _ = dgd_chunk(x["W0"], x["S0"], x["A"], E, rho, la, lb, m)
     torch.testing.assert_close(Wc, W, rtol=0, atol=1e-10)
     torch.testing.assert_close(Sc, S, rtol=0, atol=1e-10)
     # an all-masked chunk is the identity
     z = torch.zeros_like(m)
-    W0, S0 = dgd_chunk(x["W0"], x["S0"], x["A"], E * 0, rho * 0, z, z, z)
+    W0, S0, _ = dgd_chunk(x["W0"], x["S0"], x["A"], E * 0, rho * 0, z, z, z)
     torch.testing.assert_close(W0, x["W0"], rtol=0, atol=0)
     torch.testing.assert_close(S0, x["S0"], rtol=0, atol=0)

@@ -112,6 +112,29 @@ def test_whole_model_is_causal_across_chunk_and_cms_boundaries(training):
 
 
 @pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("chunks", [(4, 8, [16, 32]), (8, 16, [16, 64]), (16, 32, [32])])
+def test_every_position_sees_every_earlier_token_inside_its_chunk(training, chunks):
+    """design.md A1: o_t = M_memory,t-1(q_t) includes the in-chunk writes, so perturbing token s of a fresh model
+    (conv at the identity) moves the logits at every later position s+1 ... s+2C (its own chunk and the next, not
+    only at boundaries), and never at positions < s. A read that lags to the chunk start fails this."""
+    C_p, C_m, cms = chunks
+    model = make_model(projection_chunk_size=C_p, memory_chunk_size=C_m, cms_chunk_sizes=cms)
+    assert torch.equal(model.model.layers[0].memory.conv_weight[:, :-1], torch.zeros_like(
+        model.model.layers[0].memory.conv_weight[:, :-1]))
+    model.train(training)
+    x = ids(2, 3 * C_m + 3)
+    with torch.set_grad_enabled(training):
+        base = model(input_ids=x).logits
+        for s in (C_m + 1, C_m + C_m // 2, 2 * C_m - 1):
+            y = x.clone()
+            y[:, s] = (y[:, s] + 5) % 61 + 3
+            out = model(input_ids=y).logits
+            assert torch.equal(out[:, :s], base[:, :s]), s
+            moved = (out - base).abs().amax(-1)[:, s:s + 2 * C_m + 1]
+            assert (moved > 0).all(), (s, moved)
+
+
+@pytest.mark.parametrize("training", [True, False])
 def test_batch_independence(training):
     model = make_model()
     model.train(training)
