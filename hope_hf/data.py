@@ -49,6 +49,16 @@ def check_seq_len(config, seq_len: int, segments: int = 1) -> None:
             f"({what} = {unit}{hint}), e.g. {unit * segments * max(1, seq_len // (unit * segments))}")
 
 
+def idle_cms_levels(config, seq_len: int, segments: int = 1) -> list[int]:
+    """The CMS chunk sizes that never commit while training on `seq_len`-token blocks cut into `segments` pieces.
+
+    A level's chunk [s, s + C) is committed when position s + C is read, so a level commits inside a segment of n
+    tokens only if C < n; otherwise its fast weights stay theta_0 and its learning rate gets no gradient in training,
+    although the level does commit at inference on longer texts."""
+    n = seq_len // max(segments, 1)
+    return [C for C in config.cms_chunk_sizes if C >= n]
+
+
 def _offline() -> bool:
     return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
                for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
@@ -231,4 +241,5 @@ __all__ = [
     "pack_texts",
     "prepare_blocks",
     "sequence_unit",
+    "idle_cms_levels",
 ]

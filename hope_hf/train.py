@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 
 from hope_hf import HopeCache, HopeConfig, HopeForCausalLM
-from hope_hf.data import EMBEDDED, check_seq_len, check_text_column, iter_batches, load_text_dataset, prepare_blocks
+from hope_hf.data import (EMBEDDED, check_seq_len, check_text_column, idle_cms_levels, iter_batches, load_text_dataset,
+                          prepare_blocks)
 from hope_hf.optim import OPTIMIZERS, create_optimizer
 
 CKPT_PREFIX = "step-"
@@ -397,6 +398,12 @@ def main(argv: list[str] | None = None) -> Path:
                       f"{blocks.num_train if blocks.num_train is not None else '(streamed)'}, val blocks "
                       f"{len(blocks.val)} of {args.seq_len}")
 
+    idle = idle_cms_levels(config, args.seq_len, args.tbptt_segments)
+    if idle:
+        seg = args.seq_len // args.tbptt_segments
+        accelerator.print(f"warning: the CMS level(s) with chunk {idle} never commit inside a {seg}-token training "
+                          f"segment, so their learning rate is not trained (they do commit at inference on longer "
+                          f"texts); use --seq-len > {max(idle) * args.tbptt_segments} to train them")
     if ckpt is None:  # the untrained model's validation loss, for the log and the plot
         val0 = evaluate(model, blocks.val, args.batch_size, accelerator)
         log.write(step=0, val_loss=val0, val_ppl=math.exp(val0))

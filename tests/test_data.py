@@ -10,6 +10,7 @@ from hope_hf import HopeConfig
 from hope_hf.data import (
     check_seq_len,
     check_text_column,
+    idle_cms_levels,
     iter_batches,
     load_text_dataset,
     prepare_blocks,
@@ -44,6 +45,16 @@ def test_sequence_length_must_fit_the_config():
     check_seq_len(no_cms, 48)
     with pytest.raises(ValueError, match="memory_chunk_size"):
         check_seq_len(no_cms, 40)
+
+
+def test_cms_levels_that_cannot_commit_in_a_training_block_are_reported():
+    """A level commits its chunk [s, s+C) when position s+C is read, so it needs blocks (segments) longer than C."""
+    tiny = HopeConfig.from_preset("tiny")                       # CMS chunks 64, 256
+    assert idle_cms_levels(tiny, 256) == [256]
+    assert idle_cms_levels(tiny, 512) == []
+    assert idle_cms_levels(tiny, 512, segments=2) == [256]
+    assert idle_cms_levels(tiny, 128) == [256]
+    assert idle_cms_levels(HopeConfig.from_preset("tiny", cms_chunk_sizes=[]), 64) == []
 
 
 def test_hub_dataset_offline_gets_a_clear_error():

@@ -46,6 +46,8 @@ def test_loss_falls_on_the_embedded_corpus_and_outputs_are_written(run):
     assert set(val) == {0, 12} and val[12] < val[0] - 0.1, val
     loss = list(records(run, "loss").values())
     assert len(loss) == 12 and sum(loss[-3:]) / 3 < sum(loss[:3]) / 3
+    grad_norm = list(records(run, "grad_norm").values())              # the total norm before clipping, per step
+    assert len(grad_norm) == 12 and all(0 < g < float("inf") for g in grad_norm)
     assert (run / "loss.png").stat().st_size > 1000
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000006", "step-00000012"]
     final = run / "final"
