@@ -95,17 +95,18 @@ def dgd_chunk(W0, S0, A, E, rho, log_alpha, log_beta=None, write=None, gates=Non
     W = g["b_end"][..., None, None] * W0 + (E * g["G_end"].unsqueeze(-1)).transpose(-1, -2) @ A
     if g["c"] is not None:
         W = W + g["c"][..., -1, None, None] * S0
-    read = None
-    if X is not None:
+
+    def reads_without_dgd(X):
+        """W_{t-1} x_t for every row x_t of X without the DGD sum (which needs Y), and Q = X A^T."""
         Q = X @ A.transpose(-1, -2)
-        read = g["b_prev"].unsqueeze(-1) * (X @ W0.transpose(-1, -2)) + (g["G_prev"] * Q) @ E
+        R = g["b_prev"].unsqueeze(-1) * (X @ W0.transpose(-1, -2)) + (g["G_prev"] * Q) @ E
         if g["c"] is not None:
-            read = read + g["c_prev"].unsqueeze(-1) * (X @ S0.transpose(-1, -2))
+            R = R + g["c_prev"].unsqueeze(-1) * (X @ S0.transpose(-1, -2))
+        return R, Q
+
+    read, Q = reads_without_dgd(X) if X is not None else (None, None)
     if rho is not None:
-        K = A @ A.transpose(-1, -2)
-        R = g["b_prev"].unsqueeze(-1) * (A @ W0.transpose(-1, -2)) + (g["G_prev"] * K) @ E
-        if g["c"] is not None:
-            R = R + g["c_prev"].unsqueeze(-1) * (A @ S0.transpose(-1, -2))
+        R, K = reads_without_dgd(A)
         eye = torch.eye(C, dtype=A.dtype, device=A.device)
         T = (eye + g["Lb_prev"] * K * rho.unsqueeze(-2)).expand(*R.shape[:-2], C, C)
         if T.dtype in (torch.float16, torch.bfloat16):                  # no half-precision triangular solve

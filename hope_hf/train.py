@@ -106,8 +106,7 @@ def has_unused_parameters(args) -> bool:
     """Whether some parameters get no gradient in a training step (DDP must then look for them): with TBPTT the
     initial memory states only reach the first segment's loss, and a CMS level whose chunk is not shorter than the
     segment commits only after the last token, so its learning rate never reaches the loss."""
-    config = HopeConfig.from_preset(args.preset)
-    return args.tbptt_segments > 1 or args.seq_len <= max(config.cms_chunk_sizes, default=0)
+    return args.tbptt_segments > 1 or bool(idle_cms_levels(HopeConfig.from_preset(args.preset), args.seq_len))
 
 
 def validate_args(args) -> None:

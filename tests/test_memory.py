@@ -78,8 +78,8 @@ def test_dgd_step_is_eq88_closed_form_for_a_linear_memory():
     closed = M @ (alpha * torch.eye(4, dtype=torch.float64) - eta * torch.outer(k, k)) - eta * torch.outer(M @ k - v, k)
     torch.testing.assert_close(W, closed, rtol=0, atol=1e-12)
     # the chunk form with one token is the same step
-    Wc, _, _ = dgd_chunk(M[None], torch.zeros(1, 4, 4, dtype=torch.float64), k[None, None], -eta * (M @ k - v)[None, None],
-                      eta[None, None], alpha.log()[None, None])
+    Wc, _, _ = dgd_chunk(M[None], torch.zeros(1, 4, 4, dtype=torch.float64), k[None, None],
+                         -eta * (M @ k - v)[None, None], eta[None, None], alpha.log()[None, None])
     torch.testing.assert_close(Wc[0], closed, rtol=0, atol=1e-12)
 
 
