@@ -33,6 +33,7 @@ run: too few steps to learn the task.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -42,7 +43,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from benchmarks import common
-from hope_hf import HopeConfig
+from hope_hf import HopeConfig, modeling_hope
 
 NAME = "recall"
 PAD, BOS, EOS, KEY, VAL, QUERY = range(6)
@@ -141,6 +142,55 @@ def evaluate_length(model, ids, labels, pairs, pair_counts) -> dict:
             "accuracy_by_pairs": {str(p): d["correct"] / d["answers"] for p, d in per.items()}}
 
 
+@contextlib.contextmanager
+def capture_output_memory_inputs():
+    """Record (k, q, eta, log_alpha) [B, H, T(, d)] of every output-memory call (one per layer and span) while active."""
+    calls, original = [], modeling_hope.output_memory
+
+    def spy(params, state, k, v, q, eta, log_alpha, *args, **kwargs):
+        calls.append((k.detach(), q.detach(), eta.detach(), log_alpha.detach()))
+        return original(params, state, k, v, q, eta, log_alpha, *args, **kwargs)
+
+    modeling_hope.output_memory = spy
+    try:
+        yield calls
+    finally:
+        modeling_hope.output_memory = original
+
+
+@torch.no_grad()
+def memory_probe(model, n_seqs: int, seq_len: int, pairs: int, generator: torch.Generator) -> list[dict]:
+    """What the trained output memory does on `pairs`-pair sequences, per layer and head: the write rate eta at the
+    value tokens of the records and on average, the mean retention alpha, and the cosine between the key written at a
+    record's value token and the query read at the position asking for it (`cos_kq_match`) or at a position asking
+    for another record (`cos_kq_other`). A memory that binds keys to values has cos_kq_match near 1 above cos_kq_other.
+    """
+    ids, _ = make_batch(n_seqs, seq_len, pairs, pairs, generator)
+    was_training = model.training
+    model.eval()
+    with capture_output_memory_inputs() as calls:
+        model(input_ids=ids, use_cache=False)
+    model.train(was_training)
+    n_layers = len(model.model.layers)
+    rows = torch.arange(n_seqs)[:, None]
+    value_pos = (ids == VAL).nonzero()[:, 1].view(n_seqs, pairs) + 1            # records in order of writing
+    ask_pos = (ids == QUERY).nonzero()[:, 1].view(n_seqs, pairs) + 1            # the asked key, in asking order
+    asked = (ids[rows, ask_pos][:, :, None] == ids[rows, value_pos - 2][:, None, :]).float()  # [n, ask, record]
+    out = []
+    for layer in range(n_layers):
+        k, q, eta, log_alpha = (torch.cat(x, 2) for x in zip(*calls[layer::n_layers]))
+        kw = k.permute(0, 2, 1, 3)[rows, value_pos]                              # [n, pairs, H, d]
+        qr = q.permute(0, 2, 1, 3)[rows, ask_pos]
+        cos = torch.einsum("nahd,nrhd->nhar", qr, kw)                           # [n, H, ask, record]
+        match = (cos * asked[:, None]).sum((0, 2, 3)) / asked.sum()
+        other = (cos * (1 - asked[:, None])).sum((0, 2, 3)) / max((1 - asked).sum().item(), 1)
+        out.append({"eta_at_values": eta.permute(0, 2, 1)[rows, value_pos].mean((0, 1)).tolist(),
+                    "eta_mean": eta.mean((0, 2)).tolist(), "alpha_mean": log_alpha.exp().mean((0, 2)).tolist(),
+                    "cos_kq_match": match.tolist(), "cos_kq_other": other.tolist(),
+                    "cos_kq_same_position": (k * q).sum(-1).mean((0, 2)).tolist()})
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------- the run
 
 
@@ -204,6 +254,9 @@ def _run(quick: bool, out, seed: int, s: dict) -> dict:
         for key in ("accuracy", "answer_loss", "value_prediction_rate", "in_context_value_rate"):
             r[key] = [e[key] for e in evals]
         r["accuracy_by_pairs"] = {str(p): [e["accuracy_by_pairs"][str(p)] for e in evals] for p in pc}
+        if kind == "hope":
+            r["memory_probe"] = memory_probe(model, s["eval_seqs"], L, max(pc),
+                                             torch.Generator().manual_seed(2_000_003 * (seed + 1)))
         results["models"][kind] = r
         del model
     i = s["multiples"].index(4) if 4 in s["multiples"] else len(lengths) - 1  # 4L, else the longest test length

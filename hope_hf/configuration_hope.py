@@ -75,6 +75,8 @@ class HopeConfig(PreTrainedConfig):
     adaptive_query: bool = True
     memory_objective: str = "l2"
     memory_lr_max: float = 0.1
+    memory_lr_init: float = 0.012
+    memory_retention_init: list[float] | None = None
     cms_lr_init: float = 1e-3
     cms_teach_signal: str = "final"
     rms_norm_eps: float = 1e-6
@@ -90,6 +92,10 @@ class HopeConfig(PreTrainedConfig):
             self.cms_chunk_sizes = [64, 512, 2048]
         if isinstance(self.cms_chunk_sizes, tuple):
             self.cms_chunk_sizes = list(self.cms_chunk_sizes)
+        if self.memory_retention_init is None:
+            self.memory_retention_init = [0.982, 0.982]
+        if isinstance(self.memory_retention_init, tuple):
+            self.memory_retention_init = list(self.memory_retention_init)
         super().__post_init__(**kwargs)
         self.validate_hope()
 
@@ -149,6 +155,13 @@ class HopeConfig(PreTrainedConfig):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= lo or (hi is not None and v > hi):
                 bound = f"in ({lo}, {hi}]" if hi is not None else f"> {lo}"
                 raise ValueError(f"{name} must be a number {bound}, got {v!r}")
+        if not 0 < self.memory_lr_init < self.memory_lr_max:
+            raise ValueError(f"memory_lr_init must be in (0, memory_lr_max={self.memory_lr_max}), "
+                             f"got {self.memory_lr_init!r}")
+        r = self.memory_retention_init
+        if (not isinstance(r, list) or len(r) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, float))
+                                                         for v in r) or not 0 < r[0] <= r[1] < 1):
+            raise ValueError(f"memory_retention_init must be [low, high] with 0 < low <= high < 1, got {r!r}")
         for name in ("pad_token_id", "bos_token_id"):
             v = getattr(self, name)
             if v is not None:

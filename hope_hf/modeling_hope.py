@@ -234,15 +234,14 @@ class HopePreTrainedModel(PreTrainedModel):
                 if W1 is not None:
                     init.normal_(W2, 0.0, 1.0 / math.sqrt(c.head_dim))
                     init.normal_(W1, 0.0, 0.5 / math.sqrt(c.memory_hidden_size))
+            eta_b, alpha_b = memory_gate_biases(c)
             if c.self_modifying:
                 init.normal_(module.eta_w, 0.0, std)
                 init.normal_(module.alpha_w, 0.0, std)
-                init.constant_(module.eta_b, -2.0)
-                init.constant_(module.alpha_b, 4.0)
+                init.copy_(module.eta_b, eta_b)
+                init.copy_(module.alpha_b, alpha_b)
             else:
-                H = c.num_attention_heads
-                bias = torch.cat([torch.full((H,), -2.0), torch.full((H,), 4.0)])
-                init.copy_(module.gate_logits.bias, bias.to(module.gate_logits.bias.device))
+                init.copy_(module.gate_logits.bias, torch.cat([eta_b, alpha_b]).to(module.gate_logits.bias.device))
             for name in ("bank_beta_logit", "mem_beta_logit"):
                 if hasattr(module, name):
                     init.zeros_(getattr(module, name))
@@ -252,6 +251,17 @@ class HopePreTrainedModel(PreTrainedModel):
             init.normal_(module.up, 0.0, std)
             init.normal_(module.down, 0.0, std)
             init.constant_(module.lr_logit, math.log(math.expm1(self.config.cms_lr_init)))
+
+
+def memory_gate_biases(config):
+    """Initial gate biases per head: eta = memory_lr_max sigmoid(eta_b) starts at `memory_lr_init`; the retention
+    alpha = sigmoid(alpha_b) spans `memory_retention_init` = [low, high] over the heads, log-spaced in 1 - alpha
+    (several time scales at once, as Mamba spreads its decay rates)."""
+    H = config.num_attention_heads
+    eta_b = torch.full((H,), math.log(config.memory_lr_init / (config.memory_lr_max - config.memory_lr_init)))
+    lo, hi = (math.log1p(-a) for a in config.memory_retention_init)           # log(1 - alpha), lo >= hi
+    forget = torch.exp(torch.linspace(lo, hi, H, dtype=torch.float64))
+    return eta_b, torch.log((1 - forget) / forget).float()
 
 
 def teach_signal(h, norm_weight, eps, W_out, target_rows, logits=None):

@@ -89,3 +89,27 @@ def test_recall_benchmark_smallest_case(tmp_path):
     assert data["target_met"] == (data["hope_acc_at_4L"] >= data["target_hope_acc_at_4L"])
     table = recall.markdown(results)
     assert "| hope | all |" in table and "| llama | 2 |" in table and "Target" in table
+    probe = data["models"]["hope"]["memory_probe"]
+    assert len(probe) == 2 and all(len(layer["cos_kq_match"]) == 4 for layer in probe)
+
+
+@torch.no_grad()
+def test_memory_probe_sees_a_memory_whose_keys_match_its_queries():
+    """Layer 0 built to bind: the key stream reads the token two back (the key k of `KEY k VAL v`, seen at v) and the
+    query stream the current token (k of `QUERY k`), through the same projection, so every written key equals the query
+    asking for it (cos 1), and other records' keys do not."""
+    from hope_hf import HopeConfig, HopeForCausalLM
+
+    torch.manual_seed(0)
+    cfg = HopeConfig.from_preset("tiny", vocab_size=recall.VOCAB_SIZE, self_modifying=False)
+    model = HopeForCausalLM(cfg)
+    mem, D = model.model.layers[0].memory, cfg.hidden_size
+    mem.in_proj.weight[D:2 * D] = mem.in_proj.weight[:D]                 # k stream = q stream ...
+    mem.conv_weight.zero_()
+    mem.conv_weight[:D, -1] = 1.0                                        # ... q reads the current token
+    mem.conv_weight[D:2 * D, -3] = 1.0                                   # ... k the token two back
+    probe = recall.memory_probe(model, 8, 128, 4, torch.Generator().manual_seed(0))
+    assert len(probe) == 2
+    torch.testing.assert_close(torch.tensor(probe[0]["cos_kq_match"]), torch.ones(4))
+    assert max(probe[0]["cos_kq_other"]) < 0.9
+    assert max(probe[1]["cos_kq_match"]) < 0.99                          # layer 1 was left as initialised

@@ -44,10 +44,29 @@ def ids(B, T, seed=1, vocab=64):
     (dict(use_dgd="yes"), "use_dgd"),
     (dict(memory_lr_max=0.0), "memory_lr_max"),
     (dict(pad_token_id=64), "pad_token_id"),
+    (dict(memory_lr_init=0.2), "memory_lr_init"),
+    (dict(memory_lr_init=0.0), "memory_lr_init"),
+    (dict(memory_retention_init=[0.9]), "memory_retention_init"),
+    (dict(memory_retention_init=[0.99, 0.9]), "memory_retention_init"),
+    (dict(memory_retention_init=[0.9, 1.0]), "memory_retention_init"),
 ])
 def test_config_rejects_bad_values_naming_the_field(bad, field):
     with pytest.raises(ValueError, match=field):
         small_config(**bad)
+
+
+@pytest.mark.parametrize("self_modifying", [True, False])
+def test_memory_gates_start_where_the_config_says(self_modifying):
+    """eta starts at memory_lr_init; the retention alpha spans memory_retention_init over the heads, log-spaced in
+    1 - alpha (one time scale per head)."""
+    model = make_model(self_modifying=self_modifying, memory_lr_max=0.5, memory_lr_init=0.05,
+                       memory_retention_init=[0.9, 0.999])
+    mem = model.model.layers[1].memory
+    eta_b, alpha_b = ((mem.eta_b, mem.alpha_b) if self_modifying else mem.gate_logits.bias.detach().chunk(2))
+    torch.testing.assert_close(0.5 * torch.sigmoid(eta_b), torch.full((4,), 0.05))
+    forget = 1 - torch.sigmoid(alpha_b.double())
+    torch.testing.assert_close(forget, torch.tensor([1e-1, 1e-1 ** (5 / 3), 1e-1 ** (7 / 3), 1e-3], dtype=torch.double),
+                               rtol=1e-5, atol=0)
 
 
 def test_presets_and_registration():
