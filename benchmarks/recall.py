@@ -316,6 +316,18 @@ def markdown(results: dict) -> str:
         lines.append(f"| {kind} | all | {m['params']:,} | " + " | ".join(f"**{a:.1%}**" for a in m["accuracy"]) + " |")
         for p, acc in m["accuracy_by_pairs"].items():
             lines.append(f"| {kind} | {p} | | " + " | ".join(f"{a:.1%}" for a in acc) + " |")
+    probe = results["models"].get("hope", {}).get("memory_probe")
+    if probe:
+        lines.append("\nHope's output memory after training (`memory_probe`, per layer, mean over heads / best head): "
+                     "cos(key written at a record's value, query asking for that record) vs the same for other records; "
+                     "write rate eta at the records' values vs on average.")
+        for i, p in enumerate(probe):
+            best = max(range(len(p["cos_kq_match"])), key=lambda h: p["cos_kq_match"][h] - p["cos_kq_other"][h])
+            mean = lambda x: sum(x) / len(x)  # noqa: E731
+            lines.append(f"- layer {i}: cos match {mean(p['cos_kq_match']):.2f} vs other {mean(p['cos_kq_other']):.2f} "
+                         f"(head {best}: {p['cos_kq_match'][best]:.2f} vs {p['cos_kq_other'][best]:.2f}); eta at values "
+                         f"{mean(p['eta_at_values']):.3f} vs {mean(p['eta_mean']):.3f}; retention "
+                         f"{mean(p['alpha_mean']):.4f}")
     k = results["target_length_multiple"]
     lines.append(f"\nTarget: Hope >= {results['target_hope_acc_at_4L']:.0%} of the answers at {k}L "
                  f"({s['test_lengths_tokens'][s['multiples'].index(k)]} tokens); measured "

@@ -88,7 +88,7 @@ def test_recall_benchmark_smallest_case(tmp_path):
     assert data["target_length_multiple"] == 2
     assert data["target_met"] == (data["hope_acc_at_4L"] >= data["target_hope_acc_at_4L"])
     table = recall.markdown(results)
-    assert "| hope | all |" in table and "| llama | 2 |" in table and "Target" in table
+    assert "| hope | all |" in table and "| llama | 2 |" in table and "Target" in table and "- layer 1: cos match" in table
     probe = data["models"]["hope"]["memory_probe"]
     assert len(probe) == 2 and all(len(layer["cos_kq_match"]) == 4 for layer in probe)
 
