@@ -1,0 +1,243 @@
+"""The generic transformers model contract (issue #12): activation checkpointing (reentrant too), config-driven
+outputs, tuples, inputs_embeds with untied embeddings, torch.export, output_attentions, pipelines, resizing."""
+
+import pytest
+import torch
+from transformers import AutoModel, pipeline
+
+import hope_hf  # noqa: F401
+from hope_hf import HopeCache, HopeConfig, HopeForCausalLM, HopeModel
+
+TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, memory_hidden_size=8,
+            projection_chunk_size=2, memory_chunk_size=2, cms_chunk_sizes=[2, 4], cms_intermediate_size=32,
+            initializer_range=0.1, cms_lr_init=0.05)
+
+
+def config(**kw):
+    return HopeConfig(**{**TINY, **kw})
+
+
+def causal_lm(seed=0, **kw):
+    torch.manual_seed(seed)
+    return HopeForCausalLM(config(**kw))
+
+
+def ids(B=2, T=7, seed=1, vocab=99):
+    return torch.randint(3, vocab, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+def grads(model):
+    return {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()}
+
+
+# ---------------------------------------------------------------------------------- activation checkpointing
+
+
+@pytest.mark.parametrize("use_reentrant", [True, False])
+@pytest.mark.parametrize("tie", [True, False])
+def test_activation_checkpointing_gives_every_gradient_exactly(use_reentrant, tie):
+    """Two TBPTT segments (the second continues the carried state): every parameter's gradient is the same with
+    and without checkpointing, reentrant or not."""
+    model = causal_lm(tie_word_embeddings=tie).train()
+    x, y = ids(T=9), ids(T=6, seed=2)
+
+    def run():
+        model.zero_grad()
+        out = model(x, labels=x, use_cache=True)
+        out.loss.backward()
+        cache = out.past_key_values.detach_()
+        model(y, labels=y, past_key_values=cache).loss.backward()
+        return grads(model)
+
+    ref = run()
+    assert all(g is not None for g in ref.values())
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
+    got = run()
+    for name, g in ref.items():
+        assert got[name] is not None, name
+        torch.testing.assert_close(got[name], g, rtol=0, atol=1e-6, msg=name)
+
+
+# ------------------------------------------------------------------------------------ outputs and tuples
+
+
+def test_config_output_hidden_states_is_honoured_and_the_keyword_wins():
+    x = ids()
+    torch.manual_seed(0)
+    model = HopeModel(config(output_hidden_states=True)).eval()
+    out = model(x)
+    assert out.hidden_states is not None and len(out.hidden_states) == TINY["num_hidden_layers"] + 1
+    assert torch.equal(out.hidden_states[-1], out.last_hidden_state)        # transformers: the last is normed
+    assert model(x, output_hidden_states=False).hidden_states is None
+    lm = causal_lm(output_hidden_states=True).eval()
+    assert len(lm(x).hidden_states) == TINY["num_hidden_layers"] + 1
+    assert causal_lm()(x).hidden_states is None
+
+
+@pytest.mark.parametrize("inputs", ["ids", "embeds"])
+def test_returned_hidden_states_are_on_the_autograd_graph(inputs):
+    """hidden_states[0] is the layer-0 input and hidden_states[-1] the input of the LM head: the logits'
+    gradient reaches both, and equals the gradient with respect to the embeddings that were fed."""
+    model = causal_lm()
+    x = ids()
+    emb = model.get_input_embeddings()(x).detach().requires_grad_(True)
+    kw = dict(input_ids=x) if inputs == "ids" else dict(inputs_embeds=emb)
+    out = model(**kw, output_hidden_states=True)
+    first, last = out.hidden_states[0], out.hidden_states[-1]
+    first.retain_grad()
+    last.retain_grad()
+    out.logits[1, 4].sum().backward()
+    assert first.grad is not None and last.grad is not None
+    assert first.grad[1, :5].abs().sum() > 0 and last.grad[1, 4].abs().sum() > 0
+    assert first.grad[1, 5:].abs().sum() == 0 and first.grad[0].abs().sum() == 0      # causal, per sample
+    if inputs == "embeds":
+        torch.testing.assert_close(first.grad, emb.grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("via", ["keyword", "config"])
+def test_return_dict_false_gives_tuples_in_transformers_order(via):
+    x = ids()
+    torch.manual_seed(0)
+    cfg_kw = dict(return_dict=False) if via == "config" else {}
+    call_kw = dict(return_dict=False) if via == "keyword" else {}
+    lm = causal_lm(**cfg_kw).eval()
+    ref = causal_lm().eval()(x, labels=x, use_cache=True, output_hidden_states=True)
+    tup = lm(x, labels=x, use_cache=True, output_hidden_states=True, **call_kw)
+    assert type(tup) is tuple and len(tup) == 4
+    loss, logits, cache, hidden = tup
+    torch.testing.assert_close(loss, ref.loss, rtol=0, atol=0)
+    torch.testing.assert_close(logits, ref.logits, rtol=0, atol=0)
+    assert isinstance(cache, HopeCache) and len(hidden) == 3
+    assert type(lm(x, use_cache=False, **call_kw)) is tuple and len(lm(x, use_cache=False, **call_kw)) == 1
+    torch.manual_seed(0)
+    base = HopeModel(config(**cfg_kw)).eval()
+    t = base(x, use_cache=True, output_hidden_states=True, **call_kw)
+    assert type(t) is tuple and len(t) == 3 and isinstance(t[1], HopeCache)
+    assert torch.equal(t[0], t[2][-1])
+    assert type(base(x, return_dict=True)).__name__ == "HopeModelOutput"
+
+
+def test_output_attentions_is_accepted_and_gives_none():
+    model = causal_lm().eval()
+    x = ids()
+    out = model(x, output_attentions=True)
+    assert out.attentions is None
+    torch.testing.assert_close(out.logits, model(x).logits, rtol=0, atol=0)
+    assert model.model(x, output_attentions=True).attentions is None
+    assert causal_lm(output_attentions=True).eval()(x).attentions is None
+
+
+# -------------------------------------------------------------------------- inputs_embeds, untied embeddings
+
+
+def test_untied_inputs_embeds_forward_and_the_unknown_next_token_rule():
+    """With untied embeddings and inputs_embeds the next-token ids are unknown: those positions give the CMS no
+    teach signal (their fast weights stay theta_0) but still count for the cadence; the pending last position is
+    taught by the first id of the next call."""
+    model = causal_lm(tie_word_embeddings=False).eval()
+    x, y = ids(T=9), ids(T=4, seed=2)
+    with torch.no_grad():
+        emb = model.get_input_embeddings()(x)
+        out = model(inputs_embeds=emb, use_cache=True)
+        cache = out.past_key_values
+        assert cache.cms_update_counts()[:, :, 0].tolist() == [[4, 2]] * 2
+        lvl0 = model.model.layers[0].cms[0]
+        assert all(torch.equal(a[0], b) for a, b in zip(cache.get_state(0)["cms"][0]["theta"], lvl0.theta0()))
+        # the same tokens as ids do teach the CMS
+        by_ids = model(x, use_cache=True).past_key_values
+        assert not torch.equal(by_ids.get_state(0)["cms"][0]["theta"][0][0], lvl0.gate)
+        # positions before the first CMS commit do not depend on the teach signal
+        torch.testing.assert_close(out.logits[:, :2], model(x).logits[:, :2], rtol=0, atol=0)
+        # continuing with ids: the pending embed position is taught by y's first token
+        cont = model(y, past_key_values=cache, use_cache=True)
+        assert torch.isfinite(cont.logits).all()
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_generate_from_inputs_embeds_and_continue(tie):
+    model = causal_lm(tie_word_embeddings=tie).eval()
+    x = ids(T=6)
+    emb = model.get_input_embeddings()(x)
+    kw = dict(max_new_tokens=5, do_sample=False, pad_token_id=0, eos_token_id=None, return_dict_in_generate=True,
+              output_logits=True)
+    a = model.generate(inputs_embeds=emb, **kw)
+    assert a.sequences.shape == (2, 5)
+    b = model.generate(x, **kw)
+    if tie:                       # tied: W_out[y] is the next input embedding, so embeds == ids exactly
+        assert torch.equal(a.sequences, b.sequences[:, 6:])
+        for la, lb in zip(a.logits, b.logits):
+            torch.testing.assert_close(la, lb, rtol=1e-5, atol=1e-5)
+    # continue from the embeds run with ids (the whole history: prompt ids + generated tokens)
+    hist = torch.cat([x, a.sequences, ids(T=3, seed=5)], 1)
+    c = model.generate(hist, past_key_values=a.past_key_values, **kw)
+    assert c.sequences.shape == (2, hist.shape[1] + 5)
+
+
+def test_bare_model_from_a_causal_lm_checkpoint_gives_the_same_hidden_states(tmp_path):
+    model = causal_lm(tie_word_embeddings=False).eval()
+    model.save_pretrained(tmp_path)
+    base, info = AutoModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert type(base) is HopeModel and not info["missing_keys"]
+    x = ids(T=11)
+    with torch.no_grad():
+        inside = model(x, output_hidden_states=True).hidden_states
+        alone = base.eval()(x, output_hidden_states=True).hidden_states
+    for a, b in zip(inside, alone):
+        assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------- torch.export
+
+
+def test_forward_exports_for_a_fixed_shape():
+    model = causal_lm().eval()
+    x = ids(T=7)
+    with torch.no_grad():
+        expected = model(x, use_cache=False).logits
+    program = torch.export.export(model, (x,), {"use_cache": False}, strict=False)
+    got = program.module()(x, use_cache=False)
+    torch.testing.assert_close(got.logits if hasattr(got, "logits") else got[0], expected, rtol=1e-6, atol=1e-6)
+
+
+def test_value_checks_still_raise_in_eager_mode():
+    model = causal_lm().eval()
+    with pytest.raises(ValueError, match="input_ids must lie in"):
+        model(ids() + 99)
+
+
+# ------------------------------------------------------------------------------- pipelines and resizing
+
+
+def test_text_generation_pipeline_batched_and_return_full_text(tokenizer):
+    torch.manual_seed(0)
+    model = HopeForCausalLM(config(vocab_size=len(tokenizer), pad_token_id=0, bos_token_id=1, eos_token_id=2))
+    pipe = pipeline("text-generation", model=model.eval(), tokenizer=tokenizer)
+    prompts = ["The json module", "Return a new iterator over"]
+    kw = dict(max_new_tokens=5, do_sample=False)
+    batched = pipe(prompts, batch_size=2, **kw)
+    new_only = pipe(prompts, batch_size=2, return_full_text=False, **kw)
+    for p, full, new in zip(prompts, batched, new_only):
+        alone = pipe(p, **kw)[0]["generated_text"]
+        assert full[0]["generated_text"] == alone
+        assert alone.startswith(p) and alone == p + new[0]["generated_text"]
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_resize_token_embeddings_keeps_the_teach_signal_on_the_resized_head(tie):
+    """After resizing, new ids work and the model equals a fresh model of the new size with the same weights
+    (the teach signal reads the resized head, not a stale one)."""
+    model = causal_lm(tie_word_embeddings=tie).eval()
+    model.resize_token_embeddings(120)
+    assert model.config.vocab_size == 120 and model.get_output_embeddings().weight.shape[0] == 120
+    x = ids(T=9, vocab=120)
+    x[:, 3] = 110
+    fresh = HopeForCausalLM(model.config).eval()
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        a, b = model(x, use_cache=True), fresh(x, use_cache=True)
+    torch.testing.assert_close(a.logits, b.logits, rtol=0, atol=0)
+    assert a.logits.shape[-1] == 120
+    base = HopeModel(config(tie_word_embeddings=tie))
+    base.resize_token_embeddings(120)
+    with torch.no_grad():
+        base(x)
