@@ -281,15 +281,15 @@ def teach_signal(h, norm_weight, eps, W_out, target_rows, logits=None):
 
 
 class HopeModel(HopePreTrainedModel):
-    def __init__(self, config: HopeConfig):
+    def __init__(self, config: HopeConfig, own_head: bool = True):
         super().__init__(config)
         self.padding_idx = config.pad_token_id
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
         self.layers = nn.ModuleList(HopeBlock(config, i) for i in range(config.num_hidden_layers))
         self.norm = HopeRMSNorm(config.hidden_size, config.rms_norm_eps)
-        if not config.tie_word_embeddings and config.cms_chunk_sizes:
-            # the CMS teach signals read the LM head: a bare model (e.g. loaded from a causal-LM checkpoint) keeps
-            # its own copy; inside HopeForCausalLM it is removed and the causal LM's lm_head is passed instead
+        if own_head and not config.tie_word_embeddings and config.cms_chunk_sizes:
+            # the CMS teach signals read the LM head: a bare model (e.g. loaded from a causal-LM checkpoint, whose
+            # `lm_head.weight` it picks up) keeps its own; HopeForCausalLM passes its lm_head instead
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.memory_impl = "fast"
         self.in_context_updates = True
@@ -560,9 +560,7 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
 
     def __init__(self, config: HopeConfig):
         super().__init__(config)
-        self.model = HopeModel(config)
-        if hasattr(self.model, "lm_head"):
-            del self.model.lm_head                     # the teach signals use self.lm_head (passed to the model)
+        self.model = HopeModel(config, own_head=False)           # the teach signals use self.lm_head
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()

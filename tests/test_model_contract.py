@@ -51,7 +51,7 @@ def test_activation_checkpointing_gives_every_gradient_exactly(use_reentrant, ti
 
     ref = run()
     assert all(g is not None for g in ref.values())
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": use_reentrant})
     got = run()
     for name, g in ref.items():
         assert got[name] is not None, name
@@ -237,7 +237,8 @@ def test_resize_token_embeddings_keeps_the_teach_signal_on_the_resized_head(tie)
         a, b = model(x, use_cache=True), fresh(x, use_cache=True)
     torch.testing.assert_close(a.logits, b.logits, rtol=0, atol=0)
     assert a.logits.shape[-1] == 120
-    base = HopeModel(config(tie_word_embeddings=tie))
+    base = HopeModel(config(tie_word_embeddings=tie))        # untied: the bare model's own head is resized too
     base.resize_token_embeddings(120)
+    assert (base.get_output_embeddings() is None) == tie
     with torch.no_grad():
         base(x)
