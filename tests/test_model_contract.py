@@ -92,6 +92,8 @@ def test_returned_hidden_states_are_on_the_autograd_graph(inputs):
     assert first.grad[1, 5:].abs().sum() == 0 and first.grad[0].abs().sum() == 0      # causal, per sample
     if inputs == "embeds":
         torch.testing.assert_close(first.grad, emb.grad, rtol=0, atol=0)
+    # the logits (read from last_hidden_state here, from the span loop otherwise) do not depend on the flag
+    torch.testing.assert_close(out.logits, model(**kw).logits, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("via", ["keyword", "config"])
@@ -190,13 +192,15 @@ def test_bare_model_from_a_causal_lm_checkpoint_gives_the_same_hidden_states(tmp
 
 
 def test_forward_exports_for_a_fixed_shape():
-    model = causal_lm().eval()
-    x = ids(T=7)
+    model = causal_lm(num_hidden_layers=1).eval()               # one layer, 5 tokens: both CMS levels commit
+    x = ids(T=5)
     with torch.no_grad():
         expected = model(x, use_cache=False).logits
     program = torch.export.export(model, (x,), {"use_cache": False}, strict=False)
     got = program.module()(x, use_cache=False)
     torch.testing.assert_close(got.logits if hasattr(got, "logits") else got[0], expected, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="attention_mask=None"):           # padded batches read the mask's values
+        torch.export.export(model, (x,), {"attention_mask": torch.ones_like(x), "use_cache": False}, strict=False)
 
 
 def test_value_checks_still_raise_in_eager_mode():
