@@ -389,16 +389,21 @@ class HopeModel(HopePreTrainedModel):
         has_cms = len(c.cms_chunk_sizes) > 0
         write = self.in_context_updates
         # CMS teach signal targets W_out[y_{t+1}]. Tied embeddings: the next input embedding is that row (for soft
-        # prompts, the soft vector). Untied with inputs_embeds the next ids are unknown: those positions give no
-        # teach signal (as padding does) but count for the cadence.
-        known = True
+        # prompts, the soft vector). Untied with inputs_embeds: a position whose embedding is exactly a row of the
+        # input table is that token; any other (soft prompt, another modality) has no known id and gives its
+        # predecessor no teach signal (as padding does), but counts for the cadence.
+        known = None
         if has_cms:
             if input_ids is not None:
                 target_rows = F.embedding(input_ids, W_out)
             elif c.tie_word_embeddings:
                 target_rows = inputs_embeds
             else:
-                target_rows, known = torch.zeros_like(inputs_embeds), False
+                with torch.no_grad():
+                    E, e = self.embed_tokens.weight, inputs_embeds.detach().to(self.embed_tokens.weight.dtype)
+                    guess = (E.pow(2).sum(-1) - 2 * e @ E.t()).argmin(-1)            # nearest input embedding
+                    known = (F.embedding(guess, E) == e).all(-1)
+                target_rows = F.embedding(guess, W_out)
         mask = (attention_mask[:, -T:] != 0) if attention_mask is not None else torch.ones(
             B, T, dtype=torch.bool, device=device)
 
@@ -436,7 +441,7 @@ class HopeModel(HopePreTrainedModel):
             1, idx.view(B, T, *([1] * (t.dim() - 2))).expand_as(t), t)[:, :F_len]
         frame = to_frame(inputs_embeds)
         fmask = to_frame(mask)
-        tmask = fmask if known else torch.zeros_like(fmask)          # positions whose token id is known
+        tmask = fmask if known is None else to_frame(mask & known)    # positions whose token id is known
         tgt = to_frame(target_rows) if has_cms else None
 
         reference = self.memory_impl == "reference"
