@@ -370,9 +370,9 @@ class HopeModel(HopePreTrainedModel):
         """`lm_head_weight`: the LM head the CMS teach signals use (passed by `HopeForCausalLM`); a bare model uses
         its own `lm_head` (untied embeddings) or the input embeddings (tied). `hidden_states` (with
         `output_hidden_states` or `config.output_hidden_states`): the embeddings, the outputs of layers 1..L-1 and
-        the normed last layer (= `last_hidden_state`). The first and the last are on the path to the outputs; the
-        middle ones are gathered from the span loop (differentiable, but not ancestors of later layers).
-        `output_attentions` is accepted; `attentions` is always None (Hope has no attention)."""
+        the normed last layer (= `last_hidden_state`), all on the path to the outputs (a layer-major replay, see
+        below; it costs one more forward pass without a graph). `output_attentions` is accepted; `attentions` is
+        always None (Hope has no attention)."""
         c = self.config
         output_hidden_states = output_hidden_states if output_hidden_states is not None else c.output_hidden_states
         if output_attentions if output_attentions is not None else c.output_attentions:
@@ -456,67 +456,85 @@ class HopeModel(HopePreTrainedModel):
         # (with output_hidden_states the causal LM reads them from last_hidden_state instead)
         want_logits = has_cms and lm_head_weight is not None and not output_hidden_states
         cuts = [0] + ([f for f in range(1, F_len) if (o + f) % c.span_size == 0] if has_cms else []) + [F_len]
-        spans_h, spans_logits, spans_hs = [], [], []
-        for f0, f1 in zip(cuts[:-1], cuts[1:]):
-            m = fmask[:, f0:f1]
-            has = m.any(1)
-            if has_cms and write:
-                first = m.int().argmax(1)
-                res = mstate["pend_valid"] & has
-                if f0 > 0 if static else bool(res.any()):                # the pending position gets its next token
-                    u = teach_signal(mstate["h_pend"], self.norm.weight, c.rms_norm_eps, W_out,
-                                     tgt[:, f0:f1].gather(1, first[:, None, None].expand(B, 1, c.hidden_size))[:, 0])
-                    u = u * (res & tmask[:, f0:f1].gather(1, first[:, None])[:, 0])[:, None]
-                    self._accumulate(lstates, [[lv["x_pend"][:, None] for lv in st["cms"]] for st in lstates],
-                                     u[:, None], reference, active)
-                    mstate["pend_valid"] = mstate["pend_valid"] & ~res
-                if (o + f0) % c.span_size == 0:
-                    self._commit(lstates, count + (f0 - s), fmask[:, f0], f0 if static else None)
-            h = frame[:, f0:f1]
-            if output_hidden_states:
-                hs = []
-            level_inputs = []
-            for i, layer in enumerate(self.layers):
-                leaves, spec = tree_flatten(lstates[i])
-                h, out_spec, *out_leaves = layer(h, m, *leaves, state_spec=spec, offset=o + f0, reference=reference,
-                                                 write=write)
-                lstates[i], xins = tree_unflatten(out_leaves, out_spec)
-                level_inputs.append(xins)
-                if output_hidden_states and i < len(self.layers) - 1:
-                    hs.append(h)
-            spans_h.append(h)
-            if output_hidden_states:
-                spans_hs.append(hs)
-            if has_cms and (write or want_logits):
-                with torch.set_grad_enabled(torch.is_grad_enabled() and want_logits):
-                    logits = self.norm(h) @ W_out.t()
-                if want_logits:
-                    spans_logits.append(logits)
-            if has_cms and write:
-                both = m[:, :-1] & tmask[:, f0 + 1:f1]
-                u = teach_signal(h[:, :-1], self.norm.weight, c.rms_norm_eps, W_out, tgt[:, f0 + 1:f1],
-                                 logits[:, :-1]) * both[..., None]
-                u = F.pad(u, (0, 0, 0, 1))
-                self._accumulate(lstates, level_inputs, u, reference, active)
-                last = (f1 - f0 - 1) - m.flip(1).int().argmax(1)               # last real column of the span
-                pick = lambda t: t.gather(1, last[:, None, None].expand(B, 1, t.shape[-1]))[:, 0]  # noqa: E731
-                sel = has[:, None]
-                mstate["h_pend"] = torch.where(sel, pick(h), mstate["h_pend"])
-                mstate["pend_valid"] = mstate["pend_valid"] | has
-                for st, xins in zip(lstates, level_inputs):
-                    for lv, xin in zip(st["cms"], xins):
-                        lv["x_pend"] = torch.where(sel, pick(xin), lv["x_pend"])
-
+        spans = list(zip(cuts[:-1], cuts[1:]))
         gather_back = lambda t: torch.cat(t, 1).gather(  # noqa: E731
             1, idx.clamp(max=max(F_len - 1, 0))[..., None].expand(B, T, t[0].shape[-1])) * mask[..., None]
-        hidden = gather_back(spans_h) if T else inputs_embeds
+        # With hidden states asked for, the span loop runs without a graph and only records the (detached) teach
+        # signals; a layer-major replay with those signals then builds the same graph with each layer reading the
+        # previous layer's returned whole-sequence hidden states, so every returned hidden state is on the graph.
+        replay = bool(output_hidden_states) and T > 0
+        layer_states = [{**st, "cms": [dict(lv) for lv in st["cms"]]} for st in lstates] if replay else None
+        teach = [] if replay else None
+        spans_h, spans_logits = [], []
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not replay):
+            for f0, f1 in (spans if has_cms and write or not replay else []):
+                m = fmask[:, f0:f1]
+                has = m.any(1)
+                u_pend = None
+                if has_cms and write:
+                    first = m.int().argmax(1)
+                    res = mstate["pend_valid"] & has
+                    if f0 > 0 if static else bool(res.any()):            # the pending position gets its next token
+                        u_pend = teach_signal(
+                            mstate["h_pend"], self.norm.weight, c.rms_norm_eps, W_out,
+                            tgt[:, f0:f1].gather(1, first[:, None, None].expand(B, 1, c.hidden_size))[:, 0])
+                        u_pend = u_pend * (res & tmask[:, f0:f1].gather(1, first[:, None])[:, 0])[:, None]
+                        self._accumulate(lstates, [[lv["x_pend"][:, None] for lv in st["cms"]] for st in lstates],
+                                         u_pend[:, None], reference, active)
+                        mstate["pend_valid"] = mstate["pend_valid"] & ~res
+                    if (o + f0) % c.span_size == 0:
+                        self._commit(lstates, count + (f0 - s), fmask[:, f0], f0 if static else None)
+                h = frame[:, f0:f1]
+                level_inputs = []
+                for i, layer in enumerate(self.layers):
+                    h, lstates[i], xins = self._run_layer(layer, h, m, lstates[i], o + f0, reference, write)
+                    level_inputs.append(xins)
+                spans_h.append(h)
+                if has_cms and (write or want_logits):
+                    with torch.set_grad_enabled(torch.is_grad_enabled() and want_logits):
+                        logits = self.norm(h) @ W_out.t()
+                    if want_logits:
+                        spans_logits.append(logits)
+                if has_cms and write:
+                    both = m[:, :-1] & tmask[:, f0 + 1:f1]
+                    u = teach_signal(h[:, :-1], self.norm.weight, c.rms_norm_eps, W_out, tgt[:, f0 + 1:f1],
+                                     logits[:, :-1]) * both[..., None]
+                    u = F.pad(u, (0, 0, 0, 1))
+                    self._accumulate(lstates, level_inputs, u, reference, active)
+                    if replay:
+                        teach.append((u_pend, u))
+                    mstate["h_pend"] = torch.where(has[:, None], self._pick_last(m, h), mstate["h_pend"])
+                    mstate["pend_valid"] = mstate["pend_valid"] | has
+                    self._set_pending(lstates, level_inputs, m)
+
+        all_hidden = None
+        if replay:                                        # layer-major: layer l reads to_frame(hidden_states[l])
+            all_hidden = [inputs_embeds]
+            for i, layer in enumerate(self.layers):
+                st, lst, pieces, h_in = layer_states[i], [layer_states[i]], [], to_frame(all_hidden[-1])
+                for k, (f0, f1) in enumerate(spans):
+                    m = fmask[:, f0:f1]
+                    if has_cms and write:
+                        if teach[k][0] is not None:
+                            self._accumulate(lst, [[lv["x_pend"][:, None] for lv in st["cms"]]], teach[k][0][:, None],
+                                             reference, active, [layer])
+                        if (o + f0) % c.span_size == 0:
+                            self._commit(lst, count + (f0 - s), fmask[:, f0], f0 if static else None, [layer])
+                    h, st, xins = self._run_layer(layer, h_in[:, f0:f1], m, st, o + f0, reference, write)
+                    lst = [st]
+                    pieces.append(h)
+                    if has_cms and write:
+                        self._accumulate(lst, [xins], teach[k][1], reference, active, [layer])
+                        self._set_pending(lst, [xins], m)
+                lstates[i] = st
+                all_hidden.append(gather_back(pieces))
+            hidden = all_hidden[-1]
+        else:
+            hidden = gather_back(spans_h) if T else inputs_embeds
         logits = gather_back(spans_logits) if want_logits and T else None
         hidden = self.norm(hidden)
-        all_hidden = None
         if output_hidden_states:
-            middle = tuple(gather_back([hs[i] for hs in spans_hs]) for i in range(c.num_hidden_layers - 1)) if T \
-                else (inputs_embeds,) * (c.num_hidden_layers - 1)
-            all_hidden = (inputs_embeds, *middle, hidden)
+            all_hidden = (*all_hidden[:-1], hidden) if replay else (inputs_embeds,) * c.num_hidden_layers + (hidden,)
         mstate["count"] = count + n_real
         if input_ids is not None and T:
             mstate["last_ids"] = input_ids[:, -1].clone()                  # lets generate() check a continuation
@@ -530,20 +548,42 @@ class HopeModel(HopePreTrainedModel):
         return HopeModelOutput(last_hidden_state=hidden, past_key_values=cache, hidden_states=all_hidden,
                                logits=logits)
 
-    def _accumulate(self, lstates, level_inputs, u, reference, active):
+    @staticmethod
+    def _run_layer(layer, h, m, state, offset, reference, write):
+        """One block on one span with its state flattened to tensors (see `HopeBlock.forward`)."""
+        leaves, spec = tree_flatten(state)
+        h, out_spec, *out_leaves = layer(h, m, *leaves, state_spec=spec, offset=offset, reference=reference,
+                                         write=write)
+        new_state, xins = tree_unflatten(out_leaves, out_spec)
+        return h, new_state, xins
+
+    @staticmethod
+    def _pick_last(m, t):
+        """Each row's value at the last real column of the span (m: [B, S])."""
+        last = (m.shape[1] - 1) - m.flip(1).int().argmax(1)
+        return t.gather(1, last[:, None, None].expand(t.shape[0], 1, t.shape[-1]))[:, 0]
+
+    def _set_pending(self, lstates, level_inputs, m):
+        """Keep each CMS level's input at the span's last real position (taught when the next token arrives)."""
+        has = m.any(1)[:, None]
+        for st, xins in zip(lstates, level_inputs):
+            for lv, xin in zip(st["cms"], xins):
+                lv["x_pend"] = torch.where(has, self._pick_last(m, xin), lv["x_pend"])
+
+    def _accumulate(self, lstates, level_inputs, u, reference, active, layers=None):
         """Add sum_t grad_theta <MLP_theta(x_t), u_t> of the given positions to each active level's pending sum."""
         grad_fn = cms_grad_reference if reference else cms_grad
-        for layer, st, xins in zip(self.layers, lstates, level_inputs):
+        for layer, st, xins in zip(layers or self.layers, lstates, level_inputs):
             for lvl, lv, xin, on in zip(layer.cms, st["cms"], xins, active):
                 if not on:
                     continue
                 g = grad_fn(lv.get("theta", lvl.theta0()), xin, u)
                 lv["grad"] = g if "grad" not in lv else tuple(a + b for a, b in zip(lv["grad"], g))
 
-    def _commit(self, lstates, token_count, real, static_count=None):
+    def _commit(self, lstates, token_count, real, static_count=None, layers=None):
         """NeurIPS Eq. 31: level l steps theta <- theta - eta_l * sum(chunk) when the token count hits C_l.
         `static_count`: every sample's count as a Python int, when known (no data-dependent branch)."""
-        for layer, st in zip(self.layers, lstates):
+        for layer, st in zip(layers or self.layers, lstates):
             for C_l, lvl, lv in zip(self.config.cms_chunk_sizes, layer.cms, st["cms"]):
                 do = real & (token_count > 0) & (token_count % C_l == 0)
                 any_do = bool(do.any()) if static_count is None else static_count > 0 and static_count % C_l == 0

@@ -76,24 +76,57 @@ def test_config_output_hidden_states_is_honoured_and_the_keyword_wins():
 
 @pytest.mark.parametrize("inputs", ["ids", "embeds"])
 def test_returned_hidden_states_are_on_the_autograd_graph(inputs):
-    """hidden_states[0] is the layer-0 input and hidden_states[-1] the input of the LM head: the logits'
-    gradient reaches both, and equals the gradient with respect to the embeddings that were fed."""
-    model = causal_lm()
-    x = ids()
+    """Every returned hidden state is on the path to the logits (retain_grad gets the gradient; hidden_states[0] is
+    the embeddings that were fed), and their values are the layer outputs of the span loop."""
+    model = causal_lm(num_hidden_layers=3)
+    x = ids(T=9)
     emb = model.get_input_embeddings()(x).detach().requires_grad_(True)
     kw = dict(input_ids=x) if inputs == "ids" else dict(inputs_embeds=emb)
+    seen = {i: [] for i in range(3)}
+    hooks = [layer.register_forward_hook(lambda mod, a, out, i=i: seen[i].append(out[0].detach()))
+             for i, layer in enumerate(model.model.layers)]
+    plain = model(**kw)
+    for hk in hooks:
+        hk.remove()
     out = model(**kw, output_hidden_states=True)
-    first, last = out.hidden_states[0], out.hidden_states[-1]
-    first.retain_grad()
-    last.retain_grad()
-    out.logits[1, 4].sum().backward()
-    assert first.grad is not None and last.grad is not None
-    assert first.grad[1, :5].abs().sum() > 0 and last.grad[1, 4].abs().sum() > 0
-    assert first.grad[1, 5:].abs().sum() == 0 and first.grad[0].abs().sum() == 0      # causal, per sample
+    assert len(out.hidden_states) == 4
+    for i in (0, 1):                                     # fresh, unpadded: frame == sequence
+        torch.testing.assert_close(out.hidden_states[i + 1], torch.cat(seen[i], 1), rtol=1e-6, atol=1e-6)
+    for h in out.hidden_states:
+        h.retain_grad()
+    out.logits[1, 6].sum().backward()
+    for i, h in enumerate(out.hidden_states):
+        assert h.grad is not None, i
+        assert h.grad[1, :7].abs().sum() > 0, i
+        assert h.grad[1, 7:].abs().sum() == 0 and h.grad[0].abs().sum() == 0, i     # causal, per sample
     if inputs == "embeds":
-        torch.testing.assert_close(first.grad, emb.grad, rtol=0, atol=0)
-    # the logits (read from last_hidden_state here, from the span loop otherwise) do not depend on the flag
-    torch.testing.assert_close(out.logits, model(**kw).logits, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(out.hidden_states[0].grad, emb.grad, rtol=0, atol=0)
+    torch.testing.assert_close(out.logits, plain.logits, rtol=1e-6, atol=1e-6)
+
+
+def test_hidden_states_replay_gives_the_same_logits_state_and_gradients():
+    """With hidden states the forward runs layer-major with the recorded teach signals: padded batch, continuation
+    and every parameter gradient equal the plain span loop."""
+    x, y = ids(T=9), ids(T=6, seed=3)
+    mask = torch.ones_like(x)
+    mask[1, :3] = 0
+    results = []
+    for hs in (False, True):
+        model = causal_lm().train()
+        a = model(x, attention_mask=mask, use_cache=True, output_hidden_states=hs)
+        b = model(y, attention_mask=torch.cat([mask, torch.ones_like(y)], 1), past_key_values=a.past_key_values,
+                  labels=y, output_hidden_states=hs)
+        ((a.logits * mask[..., None]).square().mean() + b.loss).backward()
+        st = b.past_key_values.get_state(1)
+        results.append((a.logits, b.logits, [st["mem"]["W1"], st["cms"][0]["theta"][1], st["cms"][1]["grad"][2],
+                                             st["cms"][0]["x_pend"]], grads(model)))
+    (a0, b0, s0, g0), (a1, b1, s1, g1) = results
+    torch.testing.assert_close(a1, a0, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(b1, b0, rtol=1e-6, atol=1e-6)
+    for u, v in zip(s1, s0):
+        torch.testing.assert_close(u, v, rtol=1e-6, atol=1e-6)
+    for name, g in g0.items():
+        torch.testing.assert_close(g1[name], g, rtol=0, atol=1e-6, msg=name)
 
 
 @pytest.mark.parametrize("via", ["keyword", "config"])
