@@ -205,10 +205,14 @@ def test_generate_from_inputs_embeds_and_continue(tie):
     assert torch.equal(a.sequences, b.sequences[:, 6:])
     for la, lb in zip(a.logits, b.logits):
         torch.testing.assert_close(la, lb, rtol=1e-5, atol=1e-5)
-    # continue from the embeds run with ids (the whole history: prompt ids + generated tokens)
-    hist = torch.cat([x, a.sequences, ids(T=3, seed=5)], 1)
-    c = model.generate(hist, past_key_values=a.past_key_values, **kw)
-    assert c.sequences.shape == (2, hist.shape[1] + 5)
+    # continue from the cache with the embeddings of the whole history: equals one call over that history
+    emb = model.get_input_embeddings()
+    hist = torch.cat([emb(x), emb(a.sequences)], 1)
+    c = model.generate(inputs_embeds=hist, past_key_values=a.past_key_values, **kw)
+    fresh = model.generate(inputs_embeds=hist, **kw)
+    assert torch.equal(c.sequences, fresh.sequences)
+    for la, lb in zip(c.logits, fresh.logits):
+        torch.testing.assert_close(la, lb, rtol=1e-5, atol=1e-5)
 
 
 def test_bare_model_from_a_causal_lm_checkpoint_gives_the_same_hidden_states(tmp_path):
