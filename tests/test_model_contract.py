@@ -243,6 +243,20 @@ def test_forward_exports_for_a_fixed_shape():
         torch.export.export(model, (x,), {"attention_mask": torch.ones_like(x), "use_cache": False}, strict=False)
 
 
+def test_static_path_equals_the_general_path():
+    """A fresh call without a mask takes the frame and the cadence from the shape (what export needs); an all-ones
+    mask takes them from the values: the same logits and state."""
+    model = causal_lm().eval()
+    x = ids(T=11)
+    with torch.no_grad():
+        a = model(x, use_cache=True)
+        b = model(x, attention_mask=torch.ones_like(x), use_cache=True)
+    assert torch.equal(a.logits, b.logits)
+    for u, v in zip(a.past_key_values.get_state(1)["cms"], b.past_key_values.get_state(1)["cms"]):
+        assert all(torch.equal(p, q) for p, q in zip(u["theta"] + u["grad"], v["theta"] + v["grad"]))
+        assert torch.equal(u["commits"], v["commits"])
+
+
 def test_value_checks_still_raise_in_eager_mode():
     model = causal_lm().eval()
     with pytest.raises(ValueError, match="input_ids must lie in"):
