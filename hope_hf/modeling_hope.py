@@ -16,16 +16,19 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._pytree import tree_flatten, tree_unflatten
 from transformers import DynamicCache, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple, logging
 
 from .cache_hope import HopeCache, signature
 from .configuration_hope import HopeConfig
 from .memory_hope import (cms_grad, cms_grad_reference, cms_mlp, init_memory_state, output_memory,
                           projection_memories)
+
+logger = logging.get_logger(__name__)
 
 
 def rms_norm(x, weight, eps):
@@ -174,24 +177,31 @@ class HopeBlock(GradientCheckpointingLayer):
                          "commits": torch.zeros(batch_size, dtype=torch.long, device=device)} for lvl in self.cms]
         return state
 
-    def forward(self, hidden, layer_state, mask, offset, reference=False, write=True):
+    def forward(self, hidden, mask, *state_leaves, state_spec, offset, reference=False, write=True):
+        """Flat tensor arguments and results, so that activation checkpointing (reentrant too) sees every input and
+        output of the layer: `state_leaves`/`state_spec` are the flattened layer state (`tree_flatten`). Returns
+        (hidden, out_spec, *leaves) with leaves/out_spec the flattened (new_state, CMS level inputs)."""
+        layer_state = tree_unflatten(list(state_leaves), state_spec)
         out, new_state = self.memory(hidden, layer_state, mask, offset, reference, write)
         hidden = hidden + out
         level_inputs = []
         for lvl, lstate in zip(self.cms, layer_state["cms"]):
             hidden, xin = lvl(hidden, lstate.get("theta", lvl.theta0()))
             level_inputs.append(xin)
-        new_state["cms"] = [dict(lv) for lv in layer_state["cms"]]    # fresh dicts: the caller's commits must not
-        return hidden * mask[..., None], new_state, level_inputs        # reach an activation-checkpoint recompute
+        new_state["cms"] = layer_state["cms"]
+        leaves, out_spec = tree_flatten((new_state, level_inputs))
+        return (hidden * mask[..., None], out_spec, *leaves)
 
 
 @dataclass
 class HopeModelOutput(ModelOutput):
-    """Base-model output; `logits` is filled when the LM head was needed inside the loop (CMS teach signals)."""
+    """Base-model output in the `BaseModelOutputWithPast` order. `attentions` is always None (Hope has no attention).
+    `logits` is filled only for `HopeForCausalLM` (the LM head runs inside the span loop for the CMS teach signals)."""
 
     last_hidden_state: torch.FloatTensor | None = None
     past_key_values: HopeCache | None = None
     hidden_states: tuple | None = None
+    attentions: tuple | None = None
     logits: torch.FloatTensor | None = None
 
 
@@ -281,12 +291,16 @@ def teach_signal(h, norm_weight, eps, W_out, target_rows, logits=None):
 
 
 class HopeModel(HopePreTrainedModel):
-    def __init__(self, config: HopeConfig):
+    def __init__(self, config: HopeConfig, own_head: bool = True):
         super().__init__(config)
         self.padding_idx = config.pad_token_id
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
         self.layers = nn.ModuleList(HopeBlock(config, i) for i in range(config.num_hidden_layers))
         self.norm = HopeRMSNorm(config.hidden_size, config.rms_norm_eps)
+        if own_head and not config.tie_word_embeddings and config.cms_chunk_sizes:
+            # the CMS teach signals read the LM head: a bare model (e.g. loaded from a causal-LM checkpoint, whose
+            # `lm_head.weight` it picks up) keeps its own; HopeForCausalLM passes its lm_head instead
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.memory_impl = "fast"
         self.in_context_updates = True
         self.gradient_checkpointing = False
@@ -297,6 +311,12 @@ class HopeModel(HopePreTrainedModel):
 
     def set_input_embeddings(self, value):
         self.embed_tokens = value
+
+    def get_output_embeddings(self):
+        return getattr(self, "lm_head", None)
+
+    def set_output_embeddings(self, value):
+        self.lm_head = value
 
     def set_in_context_updates(self, enabled: bool):
         """Switch the in-context writes (Titans memories and CMS commits) on or off; off, every memory keeps its
@@ -318,7 +338,8 @@ class HopeModel(HopePreTrainedModel):
                 raise ValueError(f"input_ids must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
             if input_ids.dtype not in (torch.long, torch.int, torch.int16, torch.uint8):
                 raise TypeError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
-            if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):
+            if (not torch.compiler.is_compiling() and input_ids.numel()    # value checks would break tracing
+                    and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size)):
                 raise ValueError(f"input_ids must lie in [0, {self.config.vocab_size}); got values in "
                                  f"[{int(input_ids.min())}, {int(input_ids.max())}]")
             B, T = input_ids.shape
@@ -353,29 +374,52 @@ class HopeModel(HopePreTrainedModel):
         return past_key_values
 
     # --------------------------------------------------------------------------------------------- forward
+    @can_return_tuple
     def forward(self, input_ids=None, attention_mask=None, past_key_values=None, inputs_embeds=None,
-                use_cache=None, output_hidden_states=None, lm_head_weight=None, return_dict=None, **kwargs):
+                use_cache=None, output_hidden_states=None, lm_head_weight=None, output_attentions=None, **kwargs):
+        """`lm_head_weight`: the LM head the CMS teach signals use (passed by `HopeForCausalLM`); a bare model uses
+        its own `lm_head` (untied embeddings) or the input embeddings (tied). `hidden_states` (with
+        `output_hidden_states` or `config.output_hidden_states`): the embeddings, the outputs of layers 1..L-1 and
+        the normed last layer (= `last_hidden_state`), all on the path to the outputs (a layer-major replay, see
+        below; it costs one more forward pass without a graph). `output_attentions` is accepted; `attentions` is
+        always None (Hope has no attention)."""
         c = self.config
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else c.output_hidden_states
+        if output_attentions if output_attentions is not None else c.output_attentions:
+            logger.warning_once("Hope has no attention layers: output_attentions is ignored and attentions is None")
         B, T = self._check_inputs(input_ids, inputs_embeds, attention_mask)
         use_cache = use_cache if use_cache is not None else (c.use_cache and not self.training)
         cache = self._resolve_cache(past_key_values, use_cache or past_key_values is not None, B)
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         device, dtype = inputs_embeds.device, inputs_embeds.dtype
-        W_out = lm_head_weight if lm_head_weight is not None else self.embed_tokens.weight
+        own_head = getattr(self, "lm_head", None)
+        W_out = lm_head_weight if lm_head_weight is not None else (
+            own_head.weight if own_head is not None else self.embed_tokens.weight)
         has_cms = len(c.cms_chunk_sizes) > 0
+        write = self.in_context_updates
+        # CMS teach signal targets W_out[y_{t+1}]. Tied embeddings: the next input embedding is that row (for soft
+        # prompts, the soft vector). Untied with inputs_embeds: a position whose embedding is exactly a row of the
+        # input table is that token; any other (soft prompt, another modality) has no known id and gives its
+        # predecessor no teach signal (as padding does), but counts for the cadence.
+        known = None
         if has_cms:
             if input_ids is not None:
                 target_rows = F.embedding(input_ids, W_out)
-            elif lm_head_weight is None or c.tie_word_embeddings:
-                target_rows = inputs_embeds                  # tied head: W_out[y] is the next input embedding
+            elif c.tie_word_embeddings:
+                target_rows = inputs_embeds
             else:
-                raise ValueError("with untied embeddings the CMS teach signal needs input_ids, not inputs_embeds")
+                with torch.no_grad():
+                    E, e = self.embed_tokens.weight, inputs_embeds.detach().to(self.embed_tokens.weight.dtype)
+                    guess = (E.pow(2).sum(-1) - 2 * e @ E.t()).argmin(-1)            # nearest input embedding
+                    known = (F.embedding(guess, E) == e).all(-1)
+                target_rows = F.embedding(guess, W_out)
         mask = (attention_mask[:, -T:] != 0) if attention_mask is not None else torch.ones(
             B, T, dtype=torch.bool, device=device)
 
         # fast state: from the cache, or fresh from the meta-learned initial states
-        if cache is not None and not cache.is_empty:
+        fresh = cache is None or cache.is_empty
+        if not fresh:
             mstate = dict(cache.model_state)
             lstates = [cache.get_state(i) for i in range(c.num_hidden_layers)]
         else:
@@ -384,83 +428,123 @@ class HopeModel(HopePreTrainedModel):
                       "pend_valid": torch.zeros(B, dtype=torch.bool, device=device)}
             lstates = [layer.init_state(B, device, dtype) for layer in self.layers]
         lstates = [{**s, "cms": [dict(lv) for lv in s["cms"]]} for s in lstates]
+        # static: every sample starts at token 0 with T real tokens, so the frame and the cadence are known without
+        # reading tensor values (what torch.export needs); otherwise they are read from the counts and the mask
+        static = fresh and attention_mask is None
+        if torch.compiler.is_exporting() and not static:
+            raise ValueError("torch.export of HopeModel.forward needs a fresh state and attention_mask=None (no "
+                             "past_key_values); run continuations and padded batches eagerly")
 
         # per-sample frame: real token j of sample b goes to column s_b + j, s_b = phase_b - min phase
         align = c.span_size or c.memory_chunk_size
         count = mstate["count"]
         n_real = mask.sum(1)
-        phase = count % align
-        o = int(phase[n_real > 0].min()) if bool((n_real > 0).any()) else 0
-        s = (phase - o).clamp(min=0)
-        F_len = int((s + n_real).max()) if T else 0
+        if static:
+            o, s, F_len = 0, torch.zeros_like(count), T
+        else:
+            phase = count % align
+            o = int(phase[n_real > 0].min()) if bool((n_real > 0).any()) else 0
+            s = (phase - o).clamp(min=0)
+            F_len = int((s + n_real).max()) if T else 0
         idx = torch.where(mask, s[:, None] + mask.cumsum(1) - 1, torch.full_like(mask, F_len, dtype=torch.long))
         to_frame = lambda t: torch.zeros(B, F_len + 1, *t.shape[2:], device=device, dtype=t.dtype).scatter(  # noqa
             1, idx.view(B, T, *([1] * (t.dim() - 2))).expand_as(t), t)[:, :F_len]
         frame = to_frame(inputs_embeds)
         fmask = to_frame(mask)
+        tmask = fmask if known is None else to_frame(mask & known)    # positions whose token id is known
         tgt = to_frame(target_rows) if has_cms else None
 
         reference = self.memory_impl == "reference"
-        write = self.in_context_updates
         active = [True] * len(c.cms_chunk_sizes)
         if cache is None:        # nothing outlives this call: a level that cannot commit in it needs no gradient sums
-            first_boundary = lambda C: (count.clamp(min=1) + C - 1) // C * C                         # noqa: E731
-            active = [bool((first_boundary(C) <= count + n_real - 1).any()) for C in c.cms_chunk_sizes]
+            if static:
+                active = [C <= T - 1 for C in c.cms_chunk_sizes]
+            else:
+                first_boundary = lambda C: (count.clamp(min=1) + C - 1) // C * C                     # noqa: E731
+                active = [bool((first_boundary(C) <= count + n_real - 1).any()) for C in c.cms_chunk_sizes]
+        # the LM head inside the loop: for the teach signals, and for the returned logits when a causal LM asks
+        # (with output_hidden_states the causal LM reads them from last_hidden_state instead)
+        want_logits = has_cms and lm_head_weight is not None and not output_hidden_states
         cuts = [0] + ([f for f in range(1, F_len) if (o + f) % c.span_size == 0] if has_cms else []) + [F_len]
-        spans_h, spans_logits, spans_hs = [], [], []
-        for f0, f1 in zip(cuts[:-1], cuts[1:]):
-            m = fmask[:, f0:f1]
-            has = m.any(1)
-            if has_cms and write:
-                first = m.int().argmax(1)
-                res = mstate["pend_valid"] & has
-                if bool(res.any()):                                  # the pending position gets its next token
-                    u = teach_signal(mstate["h_pend"], self.norm.weight, c.rms_norm_eps, W_out,
-                                     tgt[:, f0:f1].gather(1, first[:, None, None].expand(B, 1, c.hidden_size))[:, 0])
-                    u = u * res[:, None]
-                    self._accumulate(lstates, [[lv["x_pend"][:, None] for lv in st["cms"]] for st in lstates],
-                                     u[:, None], reference, active)
-                    mstate["pend_valid"] = mstate["pend_valid"] & ~res
-                if (o + f0) % c.span_size == 0:
-                    self._commit(lstates, count + (f0 - s), fmask[:, f0])
-            h = frame[:, f0:f1]
-            if output_hidden_states:
-                hs = [h]
-            level_inputs = []
-            for i, layer in enumerate(self.layers):
-                h, lstates[i], xins = layer(h, lstates[i], m, o + f0, reference, write)
-                level_inputs.append(xins)
-                if output_hidden_states:
-                    hs.append(h)
-            spans_h.append(h)
-            if output_hidden_states:
-                spans_hs.append(hs)
-            if has_cms:
-                logits = self.norm(h) @ W_out.t()
-                spans_logits.append(logits)
-            if has_cms and write:
-                both = m[:, :-1] & m[:, 1:]
-                u = teach_signal(h[:, :-1], self.norm.weight, c.rms_norm_eps, W_out, tgt[:, f0 + 1:f1],
-                                 logits[:, :-1]) * both[..., None]
-                u = F.pad(u, (0, 0, 0, 1))
-                self._accumulate(lstates, level_inputs, u, reference, active)
-                last = (f1 - f0 - 1) - m.flip(1).int().argmax(1)               # last real column of the span
-                pick = lambda t: t.gather(1, last[:, None, None].expand(B, 1, t.shape[-1]))[:, 0]  # noqa: E731
-                sel = has[:, None]
-                mstate["h_pend"] = torch.where(sel, pick(h), mstate["h_pend"])
-                mstate["pend_valid"] = mstate["pend_valid"] | has
-                for st, xins in zip(lstates, level_inputs):
-                    for lv, xin in zip(st["cms"], xins):
-                        lv["x_pend"] = torch.where(sel, pick(xin), lv["x_pend"])
-
+        spans = list(zip(cuts[:-1], cuts[1:]))
         gather_back = lambda t: torch.cat(t, 1).gather(  # noqa: E731
             1, idx.clamp(max=max(F_len - 1, 0))[..., None].expand(B, T, t[0].shape[-1])) * mask[..., None]
-        hidden = gather_back(spans_h) if T else inputs_embeds
-        logits = gather_back(spans_logits) if has_cms and T else None
+        # With hidden states asked for, the span loop runs without a graph and only records the (detached) teach
+        # signals; a layer-major replay with those signals then builds the same graph with each layer reading the
+        # previous layer's returned whole-sequence hidden states, so every returned hidden state is on the graph.
+        replay = bool(output_hidden_states) and T > 0
+        layer_states = [{**st, "cms": [dict(lv) for lv in st["cms"]]} for st in lstates] if replay else None
+        teach = [] if replay else None
+        spans_h, spans_logits = [], []
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not replay):
+            for f0, f1 in (spans if has_cms and write or not replay else []):
+                m = fmask[:, f0:f1]
+                has = m.any(1)
+                u_pend = None
+                if has_cms and write:
+                    first = m.int().argmax(1)
+                    res = mstate["pend_valid"] & has
+                    if f0 > 0 if static else bool(res.any()):            # the pending position gets its next token
+                        u_pend = teach_signal(
+                            mstate["h_pend"], self.norm.weight, c.rms_norm_eps, W_out,
+                            tgt[:, f0:f1].gather(1, first[:, None, None].expand(B, 1, c.hidden_size))[:, 0])
+                        u_pend = u_pend * (res & tmask[:, f0:f1].gather(1, first[:, None])[:, 0])[:, None]
+                        self._accumulate(lstates, [[lv["x_pend"][:, None] for lv in st["cms"]] for st in lstates],
+                                         u_pend[:, None], reference, active)
+                        mstate["pend_valid"] = mstate["pend_valid"] & ~res
+                    if (o + f0) % c.span_size == 0:
+                        self._commit(lstates, count + (f0 - s), fmask[:, f0], f0 if static else None)
+                h = frame[:, f0:f1]
+                level_inputs = []
+                for i, layer in enumerate(self.layers):
+                    h, lstates[i], xins = self._run_layer(layer, h, m, lstates[i], o + f0, reference, write)
+                    level_inputs.append(xins)
+                spans_h.append(h)
+                if has_cms and (write or want_logits):
+                    with torch.set_grad_enabled(torch.is_grad_enabled() and want_logits):
+                        logits = self.norm(h) @ W_out.t()
+                    if want_logits:
+                        spans_logits.append(logits)
+                if has_cms and write:
+                    both = m[:, :-1] & tmask[:, f0 + 1:f1]
+                    u = teach_signal(h[:, :-1], self.norm.weight, c.rms_norm_eps, W_out, tgt[:, f0 + 1:f1],
+                                     logits[:, :-1]) * both[..., None]
+                    u = F.pad(u, (0, 0, 0, 1))
+                    self._accumulate(lstates, level_inputs, u, reference, active)
+                    if replay:
+                        teach.append((u_pend, u))
+                    mstate["h_pend"] = torch.where(has[:, None], self._pick_last(m, h), mstate["h_pend"])
+                    mstate["pend_valid"] = mstate["pend_valid"] | has
+                    self._set_pending(lstates, level_inputs, m)
+
         all_hidden = None
-        if output_hidden_states and T:
-            all_hidden = tuple(gather_back([hs[i] for hs in spans_hs]) for i in range(c.num_hidden_layers + 1))
+        if replay:                                        # layer-major: layer l reads to_frame(hidden_states[l])
+            all_hidden = [inputs_embeds]
+            for i, layer in enumerate(self.layers):
+                st, lst, pieces, h_in = layer_states[i], [layer_states[i]], [], to_frame(all_hidden[-1])
+                for k, (f0, f1) in enumerate(spans):
+                    m = fmask[:, f0:f1]
+                    if has_cms and write:
+                        if teach[k][0] is not None:
+                            self._accumulate(lst, [[lv["x_pend"][:, None] for lv in st["cms"]]], teach[k][0][:, None],
+                                             reference, active, [layer])
+                        if (o + f0) % c.span_size == 0:
+                            self._commit(lst, count + (f0 - s), fmask[:, f0], f0 if static else None, [layer])
+                    h, st, xins = self._run_layer(layer, h_in[:, f0:f1], m, st, o + f0, reference, write)
+                    lst = [st]
+                    pieces.append(h)
+                    if has_cms and write:
+                        self._accumulate(lst, [xins], teach[k][1], reference, active, [layer])
+                        self._set_pending(lst, [xins], m)
+                lstates[i] = st
+                all_hidden.append(gather_back(pieces))
+            hidden = all_hidden[-1]
+        else:
+            hidden = gather_back(spans_h) if T else inputs_embeds
+        logits = gather_back(spans_logits) if want_logits and T else None
         hidden = self.norm(hidden)
+        if output_hidden_states:
+            all_hidden = (*all_hidden[:-1], hidden) if replay else (inputs_embeds,) * c.num_hidden_layers + (hidden,)
         mstate["count"] = count + n_real
         if input_ids is not None and T:
             mstate["last_ids"] = input_ids[:, -1].clone()                  # lets generate() check a continuation
@@ -474,22 +558,46 @@ class HopeModel(HopePreTrainedModel):
         return HopeModelOutput(last_hidden_state=hidden, past_key_values=cache, hidden_states=all_hidden,
                                logits=logits)
 
-    def _accumulate(self, lstates, level_inputs, u, reference, active):
+    @staticmethod
+    def _run_layer(layer, h, m, state, offset, reference, write):
+        """One block on one span with its state flattened to tensors (see `HopeBlock.forward`)."""
+        leaves, spec = tree_flatten(state)
+        h, out_spec, *out_leaves = layer(h, m, *leaves, state_spec=spec, offset=offset, reference=reference,
+                                         write=write)
+        new_state, xins = tree_unflatten(out_leaves, out_spec)
+        return h, new_state, xins
+
+    @staticmethod
+    def _pick_last(m, t):
+        """Each row's value at the last real column of the span (m: [B, S])."""
+        last = (m.shape[1] - 1) - m.flip(1).int().argmax(1)
+        return t.gather(1, last[:, None, None].expand(t.shape[0], 1, t.shape[-1]))[:, 0]
+
+    def _set_pending(self, lstates, level_inputs, m):
+        """Keep each CMS level's input at the span's last real position (taught when the next token arrives)."""
+        has = m.any(1)[:, None]
+        for st, xins in zip(lstates, level_inputs):
+            for lv, xin in zip(st["cms"], xins):
+                lv["x_pend"] = torch.where(has, self._pick_last(m, xin), lv["x_pend"])
+
+    def _accumulate(self, lstates, level_inputs, u, reference, active, layers=None):
         """Add sum_t grad_theta <MLP_theta(x_t), u_t> of the given positions to each active level's pending sum."""
         grad_fn = cms_grad_reference if reference else cms_grad
-        for layer, st, xins in zip(self.layers, lstates, level_inputs):
+        for layer, st, xins in zip(layers or self.layers, lstates, level_inputs):
             for lvl, lv, xin, on in zip(layer.cms, st["cms"], xins, active):
                 if not on:
                     continue
                 g = grad_fn(lv.get("theta", lvl.theta0()), xin, u)
                 lv["grad"] = g if "grad" not in lv else tuple(a + b for a, b in zip(lv["grad"], g))
 
-    def _commit(self, lstates, token_count, real):
-        """NeurIPS Eq. 31: level l steps theta <- theta - eta_l * sum(chunk) when the token count hits C_l."""
-        for layer, st in zip(self.layers, lstates):
+    def _commit(self, lstates, token_count, real, static_count=None, layers=None):
+        """NeurIPS Eq. 31: level l steps theta <- theta - eta_l * sum(chunk) when the token count hits C_l.
+        `static_count`: every sample's count as a Python int, when known (no data-dependent branch)."""
+        for layer, st in zip(layers or self.layers, lstates):
             for C_l, lvl, lv in zip(self.config.cms_chunk_sizes, layer.cms, st["cms"]):
                 do = real & (token_count > 0) & (token_count % C_l == 0)
-                if not bool(do.any()) or "grad" not in lv:
+                any_do = bool(do.any()) if static_count is None else static_count > 0 and static_count % C_l == 0
+                if not any_do or "grad" not in lv:
                     continue
                 theta = lv.get("theta")
                 if theta is None:                                  # materialise lazily at the first commit
@@ -507,7 +615,7 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
 
     def __init__(self, config: HopeConfig):
         super().__init__(config)
-        self.model = HopeModel(config)
+        self.model = HopeModel(config, own_head=False)           # the teach signals use self.lm_head
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
@@ -558,11 +666,12 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
             attention_mask=attention_mask, inputs_embeds=inputs_embeds, is_first_iteration=is_first_iteration,
             **kwargs)
 
+    @can_return_tuple
     def forward(self, input_ids=None, attention_mask=None, past_key_values=None, inputs_embeds=None, labels=None,
-                use_cache=None, output_hidden_states=None, logits_to_keep=0, return_dict=None, **kwargs):
+                use_cache=None, output_hidden_states=None, logits_to_keep=0, output_attentions=None, **kwargs):
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=past_key_values,
                          inputs_embeds=inputs_embeds, use_cache=use_cache, output_hidden_states=output_hidden_states,
-                         lm_head_weight=self.lm_head.weight)
+                         lm_head_weight=self.lm_head.weight, output_attentions=output_attentions, return_dict=True)
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         if out.logits is not None:
             logits = out.logits[:, keep]
