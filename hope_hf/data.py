@@ -23,6 +23,8 @@ import datasets
 import torch
 from datasets.distributed import split_dataset_by_node
 
+from hope_hf.cli import local_or_hub
+
 EMBEDDED = "stdlib"
 _BUILDERS = {".txt": "text", ".text": "text", ".md": "text", ".json": "json", ".jsonl": "json", ".csv": "csv",
              ".parquet": "parquet"}
@@ -96,7 +98,9 @@ def load_text_dataset(source: str | None = None, config_name: str | None = None,
         ds = embedded_dataset()
         return ds.to_iterable_dataset() if streaming else ds
     files = _local_files(source)
-    if files is not None:
+    if files is None:
+        local_or_hub(source)  # a local-looking name that names nothing: "no such file or directory", not the Hub
+    else:
         if not files:
             raise ValueError(f"{source!r} contains no data files with an extension among {sorted(_BUILDERS)}")
         try:
@@ -104,6 +108,9 @@ def load_text_dataset(source: str | None = None, config_name: str | None = None,
         except datasets.exceptions.DatasetGenerationError as e:
             raise ValueError(f"could not read {source!r}: the data files are empty or malformed "
                              f"({type(e.__cause__ or e).__name__}: {e.__cause__ or e})") from e
+        except ValueError as e:  # e.g. a CSV with only a header: 'Instruction "train" corresponds to no data!'
+            raise ValueError(f"could not read {source!r}: it holds no rows (an empty file, or a CSV/JSON without "
+                             f"records) ({e})") from e
     try:
         return datasets.load_dataset(source, config_name, split=split, streaming=streaming)
     except Exception as e:
@@ -125,13 +132,15 @@ def _column_names(ds) -> list[str]:
     return list(names)
 
 
-def check_text_column(ds, column: str) -> list[str]:
-    """Raise `ValueError` if `column` is not in `ds`; returns the column names."""
+def check_text_column(ds, column: str, source: str | None = None) -> list[str]:
+    """Raise `ValueError` if `column` is not in `ds` (named `source` in the message); returns the column names."""
     names = _column_names(ds)
+    where = f" {source!r}" if source else ""
     if not names:
-        raise ValueError("the corpus is empty: the dataset has no rows")
+        raise ValueError(f"the corpus{where} is empty: the dataset has no rows")
     if column not in names:
-        raise ValueError(f"text column {column!r} not found; available columns: {', '.join(map(repr, names))}")
+        raise ValueError(f"text column {column!r} not found; available columns: {', '.join(map(repr, names))} "
+                         f"(in the corpus{where})")
     return names
 
 
@@ -179,7 +188,8 @@ def prepare_blocks(ds, tokenizer, seq_len: int, text_column: str = "text", val_f
         train = packed.skip(n_val).shuffle(seed=seed, buffer_size=1000)
         return Blocks(split_dataset_by_node(train, rank=rank, world_size=world_size), torch.tensor(val), None)
     if len(packed) < 2:
-        raise ValueError(_too_small(len(packed), seq_len, "2 (one to train on, one for validation)"))
+        raise ValueError(_too_small(len(packed), seq_len, "2 (one to train on, one for validation)")
+                         + _pack_batch_hint(ds, tokenizer, text_column, seq_len))
     n_val = min(val_blocks or max(1, round(val_fraction * len(packed))), len(packed) - 1)
     split = packed.train_test_split(test_size=n_val, seed=seed, shuffle=True)
     train = split_dataset_by_node(split["train"], rank=rank, world_size=world_size).with_format("torch")
@@ -190,6 +200,19 @@ def prepare_blocks(ds, tokenizer, seq_len: int, text_column: str = "text", val_f
 def _too_small(n_blocks: int, seq_len: int, need: str) -> str:
     return (f"the corpus is empty or too small: it packs into {n_blocks} block(s) of {seq_len} tokens but needs at "
             f"least {need}; add text, check the text column, or lower the sequence length")
+
+
+def _pack_batch_hint(ds, tokenizer, text_column: str, seq_len: int) -> str:
+    """Why a long block packs into nothing: blocks are cut inside each batch of `_PACK_BATCH` documents."""
+    if len(ds) <= _PACK_BATCH:
+        return ""
+    first = ds.select(range(_PACK_BATCH))[text_column]
+    n = sum(len(ids) + 1 for ids in tokenizer([t if isinstance(t, str) else "" for t in first],
+                                               add_special_tokens=False)["input_ids"])
+    if n >= 2 * seq_len:
+        return ""
+    return (f". Blocks are cut within batches of {_PACK_BATCH} documents, and the first batch holds only {n} tokens: "
+            f"a block must be much shorter than that")
 
 
 def iter_batches(train, batch_size: int, seed: int = 0, start: int = 0):

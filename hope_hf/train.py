@@ -4,7 +4,7 @@
     accelerate launch --multi_gpu --num_processes 2 ... -m hope_hf.train ...    # see examples/train_multi_process.sh
 
 Data (`--dataset`): the embedded stdlib-docstring corpus (default), local text/json/jsonl/csv/parquet files, or a
-Hub dataset; packed into `--seq-len` blocks, a held-out validation split, and each process its own shard. The
+Hub dataset; packed into `--block-size` blocks, a held-out validation split, and each process its own shard. The
 output directory receives `train_log.jsonl`, `loss.png`, `checkpoints/step-NNNNNNNN` (Accelerate state, written
 atomically; `--resume-from-checkpoint DIR|latest` continues exactly) and `final/` (`save_pretrained` model,
 tokenizer and model card).
@@ -12,7 +12,6 @@ tokenizer and model card).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
@@ -30,9 +29,10 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 
 from hope_hf import HopeCache, HopeConfig, HopeForCausalLM
-from hope_hf.data import (EMBEDDED, check_seq_len, check_text_column, idle_cms_levels, iter_batches, load_text_dataset,
+from hope_hf.cli import check_writable_dir, train_parser, writing
+from hope_hf.data import (check_seq_len, check_text_column, idle_cms_levels, iter_batches, load_text_dataset,
                           prepare_blocks)
-from hope_hf.optim import OPTIMIZERS, create_optimizer
+from hope_hf.optim import create_optimizer
 
 CKPT_PREFIX = "step-"
 STATE_FILE = "trainer_state.json"
@@ -42,51 +42,9 @@ _RESUME_KEYS = ("dataset", "dataset_config", "split", "text_column", "streaming"
                 "cms_outer_periods")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hope-hf train", description=__doc__.splitlines()[0])
-    a = p.add_argument_group("data").add_argument
-    a("--dataset", default=EMBEDDED, help="'stdlib' (embedded corpus, default), a local file/dir/glob, or a Hub name")
-    a("--dataset-config", default=None, help="Hub dataset config name")
-    a("--split", default="train", help="Hub dataset split (default train)")
-    a("--text-column", default="text")
-    a("--streaming", action="store_true", help="stream the dataset instead of loading it")
-    a("--seq-len", type=int, default=256, help="tokens per block (a multiple of the smallest CMS chunk)")
-    a("--val-fraction", type=float, default=0.05, help="held-out blocks (map-style datasets)")
-    a("--val-blocks", type=int, default=None, help="held-out blocks, overrides --val-fraction (streaming: 16)")
-    a = p.add_argument_group("model").add_argument
-    a("--preset", default="tiny", help="HopeConfig preset (tiny, small, 340m, 760m, 1.3b)")
-    a("--tokenizer", default=None, help="an AutoTokenizer path/name; default: train a byte-level BPE on the corpus")
-    a("--vocab-size", type=int, default=2048, help="vocab size of the trained BPE (default 2048)")
-    a("--tokenizer-docs", type=int, default=50_000, help="documents the BPE is trained on (default 50000)")
-    a = p.add_argument_group("optimisation").add_argument
-    a("--max-steps", type=int, default=300)
-    a("--batch-size", type=int, default=8, help="blocks per process per micro-step")
-    a("--grad-accum", type=int, default=1, help="micro-steps per optimizer step")
-    a("--lr", type=float, default=3e-3)
-    a("--optimizer", choices=OPTIMIZERS, default="adamw",
-      help="adamw (default), m3 (multi-scale momentum Muon) or dmgd (deep momentum GD); see hope_hf.optim")
-    a("--cms-outer-periods", type=int, nargs="+", default=None,
-      help="outer update period of each CMS level's initial state, in training tokens (multi-frequency stepping)")
-    a("--warmup-steps", type=int, default=None, help="default: 10%% of --max-steps")
-    a("--weight-decay", type=float, default=0.1)
-    a("--max-grad-norm", type=float, default=1.0)
-    a("--bf16", action="store_true", help="bf16 autocast where the device supports it")
-    a("--activation-checkpointing", action="store_true")
-    a("--tbptt-segments", type=int, default=1, help="split each block into K segments, carrying the memory")
-    a("--seed", type=int, default=0)
-    a("--cpu", action="store_true", help="train on the CPU even if CUDA is available")
-    a = p.add_argument_group("logging and checkpoints").add_argument
-    a("--output-dir", type=Path, default=Path("runs/train"))
-    a("--overwrite-output-dir", action="store_true", help="delete checkpoints of an earlier run there")
-    a("--eval-every", type=int, default=100, help="validation every N steps (and at the end)")
-    a("--save-every", type=int, default=100, help="checkpoint every N steps (0: only at the end)")
-    a("--keep-checkpoints", type=int, default=2, help="most recent checkpoints kept (0: all)")
-    a("--resume-from-checkpoint", default=None, help="a checkpoint dir, or 'latest' in --output-dir")
-    a("--sample-prompt", default="The json module", help="prompt for a greedy sample at the end")
-    a("--sample-tokens", type=int, default=40, help="tokens to sample at the end (0: none)")
-    a("--debug-log-batches", action="store_true",
-      help="log hashes of every rank's first micro-batch per step, and of its parameters at the end")
-    return p
+def build_parser():
+    """The options of `hope-hf train` (defined in `hope_hf.cli`, which imports no heavy module)."""
+    return train_parser()
 
 
 # -- setup ------------------------------------------------------------------------------------------------------
@@ -111,12 +69,14 @@ def has_unused_parameters(args) -> bool:
 
 def validate_args(args) -> None:
     """Fail before any data is read or anything is written."""
-    for name in ("max_steps", "batch_size", "grad_accum", "eval_every"):
+    for name, flag in (("max_steps", "--max-steps"), ("batch_size", "--per-device-train-batch-size"),
+                       ("grad_accum", "--gradient-accumulation-steps"), ("eval_every", "--eval-steps")):
         if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+            raise ValueError(f"{flag} must be >= 1, got {getattr(args, name)}")
     if not 0 < args.val_fraction < 1:
         raise ValueError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
     check_seq_len(HopeConfig.from_preset(args.preset), args.seq_len, args.tbptt_segments)
+    check_writable_dir(args.output_dir)
 
 
 def find_checkpoint(output_dir: Path, spec: str | None) -> Path | None:
@@ -133,7 +93,14 @@ def find_checkpoint(output_dir: Path, spec: str | None) -> Path | None:
 
 
 def load_tokenizer(args, ds, ckpt: Path | None, accelerator: Accelerator):
-    """--tokenizer, else the checkpoint's tokenizer, else a BPE trained on the corpus by the main process."""
+    """--tokenizer, else the checkpoint's tokenizer, else a BPE trained on the corpus by the main process; set to pad
+    on the left (the decoder-only convention batched generation needs), which is how it is saved."""
+    tok = _tokenizer(args, ds, ckpt, accelerator)
+    tok.padding_side = "left"
+    return tok
+
+
+def _tokenizer(args, ds, ckpt: Path | None, accelerator: Accelerator):
     if args.tokenizer:
         try:
             return AutoTokenizer.from_pretrained(args.tokenizer)
@@ -147,7 +114,8 @@ def load_tokenizer(args, ds, ckpt: Path | None, accelerator: Accelerator):
 
         docs = ds.take(args.tokenizer_docs) if args.streaming else ds.select(range(min(len(ds), args.tokenizer_docs)))
         texts = (ex[args.text_column] for ex in docs if isinstance(ex.get(args.text_column), str))
-        train_bpe_tokenizer(texts, vocab_size=args.vocab_size).save_pretrained(path)
+        with writing(path):
+            train_bpe_tokenizer(texts, vocab_size=args.vocab_size).save_pretrained(path)
     accelerator.wait_for_everyone()
     return AutoTokenizer.from_pretrained(path)
 
@@ -261,27 +229,47 @@ class RunLog:
 
 
 def save_checkpoint(accelerator: Accelerator, args, step: int, state: dict, config, tok) -> Path:
-    """`accelerator.save_state` into a temporary directory, then `os.replace` it into place (atomic)."""
+    """`accelerator.save_state` into a temporary directory, then renamed into place (atomic)."""
     root = args.output_dir / "checkpoints"
     final, tmp = root / f"{CKPT_PREFIX}{step:08d}", root / f".tmp-{CKPT_PREFIX}{step:08d}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        with writing(tmp):
+            tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        config.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))  # last: marks the checkpoint complete
-        if final.exists():
-            old = root / f".old-{final.name}"
-            os.replace(final, old)
-            shutil.rmtree(old)
-        os.replace(tmp, final)
-        prune_checkpoints(root, args.keep_checkpoints)
+    with writing(final), cleanup_on_error(tmp):
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            config.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))  # last: marks the checkpoint complete
+            replace_dir(tmp, final)
+            prune_checkpoints(root, args.keep_checkpoints)
     accelerator.wait_for_everyone()
     return final
+
+
+@contextlib.contextmanager
+def cleanup_on_error(tmp: Path):
+    """Delete the temporary directory `tmp` if the block fails (the previous output stays as it was)."""
+    try:
+        yield
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move the complete directory `tmp` to `final` with renames, replacing an older `final`."""
+    if final.exists():
+        old = final.with_name(f".old-{final.name}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, final)
 
 
 def prune_checkpoints(root: Path, keep: int) -> None:
@@ -311,15 +299,19 @@ def plot_losses(records: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def card_title(args) -> str:
+    """The model card's title: preset and data, e.g. `hope-tiny-stdlib` (not the directory name `final`)."""
+    data = Path(str(args.dataset).rstrip("/")).name.split(".")[0] or "data"
+    return f"hope-{args.preset}-{data}"
+
+
 def save_final(model, tok, args, val_loss: float, tokens: int) -> Path:
-    """`save_pretrained` model + tokenizer (+ a model card when `hope_hf.cards` provides one) into output/final."""
-    final = args.output_dir / "final"
-    model.save_pretrained(final)
-    tok.save_pretrained(final)
-    try:
-        from hope_hf.cards import write_model_card
-    except ImportError:
-        return final
+    """`save_pretrained` model + tokenizer + model card into output/final: written into a temporary directory, then
+    renamed, so `final/` is always complete (or the previous one)."""
+    from hope_hf.cards import write_model_card
+
+    final, tmp = args.output_dir / "final", args.output_dir / ".tmp-final"
+    shutil.rmtree(tmp, ignore_errors=True)
     training = {"data": f"{args.dataset} ({'streamed, ' if args.streaming else ''}{args.seq_len}-token blocks)",
                 "steps": args.max_steps, "tokens seen": f"{tokens:,}",
                 "batch": f"{args.batch_size} x {args.seq_len} tokens x {args.grad_accum} accumulation per process",
@@ -327,10 +319,25 @@ def save_final(model, tok, args, val_loss: float, tokens: int) -> Path:
                              + (f", CMS outer periods {args.cms_outer_periods} tokens" if args.cms_outer_periods
                                 else "") + "), cosine schedule",
                 "recipe": "`hope-hf train` (hope_hf.train)"}
-    write_model_card(final, model, training=training,
-                     eval_results={"validation loss": round(val_loss, 4),
-                                   "validation perplexity": round(math.exp(val_loss), 2)})
+    with writing(final), cleanup_on_error(tmp):
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        write_model_card(tmp, model, training=training, model_name=card_title(args),
+                         eval_results={"validation loss": round(val_loss, 4),
+                                       "validation perplexity": round(math.exp(val_loss), 2)})
+        replace_dir(tmp, final)
     return final
+
+
+def check_finite(step: int, loss: float, grad_norm: float, args) -> None:
+    """Stop training with a clear error when the loss or the gradient norm is not finite (before the update)."""
+    if math.isfinite(loss) and math.isfinite(grad_norm):
+        return
+    ckpt = find_checkpoint(args.output_dir, "latest")
+    kept = f"the last checkpoint is {ckpt}" if ckpt else "no checkpoint was written"
+    hint = "lower --learning-rate" + (", train without --bf16" if args.bf16 else "") + ", or lengthen --warmup-steps"
+    raise ValueError(f"training diverged at step {step}: loss {loss}, gradient norm {grad_norm}; nothing was saved for "
+                     f"this step ({kept}, no final model). Try: {hint} (--learning-rate is {args.lr:g})")
 
 
 def sample(model, tok, prompt: str, n: int) -> str:
@@ -340,8 +347,12 @@ def sample(model, tok, prompt: str, n: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    """Run training; returns the final `save_pretrained` directory."""
-    args = build_parser().parse_args(argv)
+    """Parse `argv` and train; returns the final `save_pretrained` directory."""
+    return run(build_parser().parse_args(argv))
+
+
+def run(args) -> Path:
+    """Train with parsed options (see `hope_hf.cli.train_parser`); returns the final `save_pretrained` directory."""
     validate_args(args)
     accelerator = make_accelerator(args)
     is_main = accelerator.is_main_process
@@ -352,7 +363,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     with accelerator.main_process_first():
         ds = load_text_dataset(args.dataset, args.dataset_config, args.split, args.streaming)
-    check_text_column(ds, args.text_column)
+    check_text_column(ds, args.text_column, args.dataset)
     tok = load_tokenizer(args, ds, ckpt, accelerator)
     config = build_config(args, tok, ckpt)
     resumed = json.loads((ckpt / STATE_FILE).read_text()) if ckpt else None
@@ -402,7 +413,7 @@ def main(argv: list[str] | None = None) -> Path:
         seg = args.seq_len // args.tbptt_segments
         accelerator.print(f"warning: the CMS level(s) with chunk {idle} never commit inside a {seg}-token training "
                           f"segment, so their learning rate is not trained (they do commit at inference on longer "
-                          f"texts); use --seq-len > {max(idle) * args.tbptt_segments} to train them")
+                          f"texts); use --block-size > {max(idle) * args.tbptt_segments} to train them")
     if ckpt is None:  # the untrained model's validation loss, for the log and the plot
         val0 = evaluate(model, blocks.val, args.batch_size, accelerator)
         log.write(step=0, val_loss=val0, val_ppl=math.exp(val0))
@@ -420,13 +431,14 @@ def main(argv: list[str] | None = None) -> Path:
                 log.write(step=step + 1, batch_hashes=hashes.tolist())
             with accelerator.accumulate(model):
                 loss += forward_backward(model, batch, args.tbptt_segments, accelerator) / args.grad_accum
+        loss = accelerator.reduce(loss, "mean").item()
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)  # before clipping
+        check_finite(step + 1, loss, float(grad_norm), args)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         tokens += tokens_per_step
-        loss = accelerator.reduce(loss, "mean").item()
         elapsed += time.perf_counter() - t0  # training time only (no evaluation or checkpointing)
         lr = scheduler.get_last_lr()[0]
         tok_s = tokens / elapsed
@@ -466,6 +478,7 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    from hope_hf.cli import run
+    from hope_hf import cli
 
-    run(main)
+    _args = build_parser().parse_args()
+    cli.run(run, _args, _args.debug)
