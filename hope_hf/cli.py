@@ -57,6 +57,15 @@ def local_or_hub(name: str) -> str:
     return name
 
 
+def model_path(name: str) -> str:
+    """argparse `type` for `--model`: like `local_or_hub`, and a name without a namespace (`user/name`) must exist
+    locally too, since every Hope repository on the Hub has one (`missing_dir` is a typo, not a Hub id)."""
+    local_or_hub(name)
+    if "/" not in name and not os.path.exists(name):
+        raise ValueError(f"no such file or directory: {name} (a Hub model id has the form user/name)")
+    return name
+
+
 def _arg_type(check):
     def convert(value):
         try:
@@ -91,7 +100,12 @@ def check_writable_dir(path: Path, what: str = "output directory") -> None:
 # -- parsers ----------------------------------------------------------------------------------------------------
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    """Shows every option's default, except the empty ones (None, False)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -110,9 +124,9 @@ def train_parser() -> argparse.ArgumentParser:
       help=f"'{EMBEDDED}' (embedded corpus), a local file/dir/glob, or a Hub dataset name")
     a("--dataset-config", "--dataset-config-name", default=None, help="Hub dataset config name")
     a("--split", default="train", help="Hub dataset split")
-    a("--text-column", default="text")
+    a("--text-column", default="text", help="the dataset column that holds the text")
     a("--streaming", action="store_true", help="stream the dataset instead of loading it")
-    a("--block-size", "--seq-len", dest="seq_len", type=int, default=256,
+    a("--block-size", "--seq-len", dest="seq_len", type=int, metavar="N", default=256,
       help="tokens per training block (a multiple of the smallest CMS chunk)")
     a("--val-fraction", type=float, default=0.05, help="held-out blocks (map-style datasets)")
     a("--val-blocks", type=int, default=None, help="held-out blocks, overrides --val-fraction (streaming: 16)")
@@ -123,33 +137,33 @@ def train_parser() -> argparse.ArgumentParser:
     a("--vocab-size", type=int, default=2048, help="vocab size of the trained BPE")
     a("--tokenizer-docs", type=int, default=50_000, help="documents the BPE is trained on")
     a = p.add_argument_group("optimisation").add_argument
-    a("--max-steps", type=int, default=300)
-    a("--per-device-train-batch-size", "--batch-size", dest="batch_size", type=int, default=8,
+    a("--max-steps", type=int, default=300, help="optimizer steps")
+    a("--per-device-train-batch-size", "--batch-size", dest="batch_size", type=int, metavar="N", default=8,
       help="blocks per process per micro-step")
-    a("--gradient-accumulation-steps", "--grad-accum", dest="grad_accum", type=int, default=1,
+    a("--gradient-accumulation-steps", "--grad-accum", dest="grad_accum", type=int, metavar="N", default=1,
       help="micro-steps per optimizer step")
-    a("--learning-rate", "--lr", dest="lr", type=_arg_type(positive_finite), default=3e-3, help="peak learning rate")
+    a("--learning-rate", "--lr", dest="lr", metavar="LR", type=_arg_type(positive_finite), default=3e-3, help="peak learning rate")
     a("--optimizer", choices=OPTIMIZERS, default="adamw",
       help="adamw, m3 (multi-scale momentum Muon) or dmgd (deep momentum GD); see hope_hf.optim")
     a("--cms-outer-periods", type=int, nargs="+", default=None,
       help="outer update period of each CMS level's initial state, in training tokens (multi-frequency stepping)")
     a("--warmup-steps", type=int, default=None, help="default: 10%% of --max-steps")
-    a("--weight-decay", type=float, default=0.1)
-    a("--max-grad-norm", type=float, default=1.0)
+    a("--weight-decay", type=float, default=0.1, help="AdamW-style decoupled weight decay")
+    a("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm")
     a("--bf16", action="store_true", help="bf16 autocast where the device supports it")
     a("--gradient-checkpointing", "--activation-checkpointing", dest="activation_checkpointing",
       action="store_true", help="recompute activations in the backward pass (less memory)")
     a("--tbptt-segments", type=int, default=1, help="split each block into K segments, carrying the memory")
-    a("--seed", type=int, default=0)
+    a("--seed", type=int, default=0, help="seed of the model init, data order and BPE")
     a("--use-cpu", "--cpu", dest="cpu", action="store_true", help="train on the CPU even if CUDA is available")
     a = p.add_argument_group("logging and checkpoints").add_argument
-    a("--output-dir", type=Path, default=Path("runs/train"))
+    a("--output-dir", type=Path, default=Path("runs/train"), help="logs, checkpoints and final/")
     a("--overwrite-output-dir", action="store_true", help="delete checkpoints of an earlier run there")
-    a("--eval-steps", "--eval-every", dest="eval_every", type=int, default=100,
+    a("--eval-steps", "--eval-every", dest="eval_every", type=int, metavar="N", default=100,
       help="validation every N steps (and at the end)")
-    a("--save-steps", "--save-every", dest="save_every", type=int, default=100,
+    a("--save-steps", "--save-every", dest="save_every", type=int, metavar="N", default=100,
       help="checkpoint every N steps (0: only at the end)")
-    a("--save-total-limit", "--keep-checkpoints", dest="keep_checkpoints", type=int, default=2,
+    a("--save-total-limit", "--keep-checkpoints", dest="keep_checkpoints", type=int, metavar="N", default=2,
       help="most recent checkpoints kept (0: all)")
     a("--resume-from-checkpoint", default=None, help="a checkpoint dir, or 'latest' in --output-dir")
     a("--sample-prompt", default="The json module", help="prompt for a greedy sample at the end")
@@ -163,19 +177,19 @@ def generate_parser() -> argparse.ArgumentParser:
     """Options of `hope-hf generate` (names as in transformers' GenerationConfig)."""
     p = _parser("hope-hf generate", "Generate from a saved Hope checkpoint, optionally carrying the memory across "
                                     "invocations (--session).")
-    p.add_argument("--model", "--model-name-or-path", dest="model", required=True, type=_arg_type(local_or_hub),
+    p.add_argument("--model", "--model-name-or-path", dest="model", required=True, type=_arg_type(model_path),
                    help="a save_pretrained directory (model + tokenizer) or a Hub id")
-    p.add_argument("--prompt", required=True)
+    p.add_argument("--prompt", required=True, help="text to continue (appended to the --session conversation)")
     p.add_argument("--session", type=Path, default=None,
                    help="memory session file to continue and update (the conversation ids go to SESSION.ids.json)")
-    p.add_argument("--max-new-tokens", type=int, default=40)
+    p.add_argument("--max-new-tokens", type=int, default=40, help="tokens to generate")
     p.add_argument("--do-sample", action="store_true", help="sample (default: greedy)")
     p.add_argument("--temperature", type=float, default=None, help="sampling temperature (needs --do-sample)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass (needs --do-sample)")
     p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest tokens (needs --do-sample)")
     p.add_argument("--num-beams", type=int, default=1, help="beam search width (1: no beam search)")
     p.add_argument("--repetition-penalty", type=float, default=None, help="> 1 discourages repeats")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="torch seed (for --do-sample)")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if present)")
     return p
 

@@ -329,15 +329,16 @@ def save_final(model, tok, args, val_loss: float, tokens: int) -> Path:
     return final
 
 
-def check_finite(step: int, loss: float, grad_norm: float, args) -> None:
-    """Stop training with a clear error when the loss or the gradient norm is not finite (before the update)."""
+def divergence(step: int, loss: float, grad_norm: float, args) -> str | None:
+    """The error that stops training when the loss or the gradient norm is not finite (checked before the update),
+    else None."""
     if math.isfinite(loss) and math.isfinite(grad_norm):
-        return
+        return None
     ckpt = find_checkpoint(args.output_dir, "latest")
     kept = f"the last checkpoint is {ckpt}" if ckpt else "no checkpoint was written"
     hint = "lower --learning-rate" + (", train without --bf16" if args.bf16 else "") + ", or lengthen --warmup-steps"
-    raise ValueError(f"training diverged at step {step}: loss {loss}, gradient norm {grad_norm}; nothing was saved for "
-                     f"this step ({kept}, no final model). Try: {hint} (--learning-rate is {args.lr:g})")
+    return (f"training diverged at step {step}: loss {loss}, gradient norm {grad_norm}; nothing was saved for this "
+            f"step ({kept}, no final model). Try: {hint} (--learning-rate is {args.lr:g})")
 
 
 def sample(model, tok, prompt: str, n: int) -> str:
@@ -433,7 +434,9 @@ def run(args) -> Path:
                 loss += forward_backward(model, batch, args.tbptt_segments, accelerator) / args.grad_accum
         loss = accelerator.reduce(loss, "mean").item()
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)  # before clipping
-        check_finite(step + 1, loss, float(grad_norm), args)
+        if error := divergence(step + 1, loss, float(grad_norm), args):
+            bar.close()
+            raise ValueError(error)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
