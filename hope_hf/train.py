@@ -419,45 +419,44 @@ def run(args) -> Path:
         val0 = evaluate(model, blocks.val, args.batch_size, accelerator)
         log.write(step=0, val_loss=val0, val_ppl=math.exp(val0))
     batches = iter_batches(blocks.train, args.batch_size, args.seed, start=step * args.grad_accum)
-    bar = tqdm(total=args.max_steps, initial=step, desc="train", unit="step", disable=not is_main)
-    model.train()
-    val_loss = float("nan")
-    while step < args.max_steps:
-        t0 = time.perf_counter()
-        loss = torch.zeros((), device=accelerator.device)
-        for micro in range(args.grad_accum):
-            batch = next(batches).to(accelerator.device)
-            if args.debug_log_batches and micro == 0:
-                hashes = accelerator.gather(torch.tensor([batch_hash(batch)], device=accelerator.device))
-                log.write(step=step + 1, batch_hashes=hashes.tolist())
-            with accelerator.accumulate(model):
-                loss += forward_backward(model, batch, args.tbptt_segments, accelerator) / args.grad_accum
-        loss = accelerator.reduce(loss, "mean").item()
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)  # before clipping
-        if error := divergence(step + 1, loss, float(grad_norm), args):
-            bar.close()
-            raise ValueError(error)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        tokens += tokens_per_step
-        elapsed += time.perf_counter() - t0  # training time only (no evaluation or checkpointing)
-        lr = scheduler.get_last_lr()[0]
-        tok_s = tokens / elapsed
-        log.write(step=step, loss=loss, lr=lr, grad_norm=round(float(grad_norm), 4), tokens=tokens,
-                  tokens_per_s=round(tok_s, 1))
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
-        if step % args.eval_every == 0 or step == args.max_steps:
-            val_loss = evaluate(model, blocks.val, args.batch_size, accelerator)
-            log.write(step=step, val_loss=val_loss, val_ppl=math.exp(val_loss))
-            if is_main:
-                tqdm.write(f"step {step}: val loss {val_loss:.4f}, perplexity {math.exp(val_loss):,.2f}")
-        if (args.save_every and step % args.save_every == 0) or step == args.max_steps:
-            state = {"step": step, "tokens": tokens, "elapsed": elapsed, "args": run_args}
-            save_checkpoint(accelerator, args, step, state, config, tok)
-    bar.close()
+    # a `with` block, so the bar is closed before an error is printed
+    with tqdm(total=args.max_steps, initial=step, desc="train", unit="step", disable=not is_main) as bar:
+        model.train()
+        val_loss = float("nan")
+        while step < args.max_steps:
+            t0 = time.perf_counter()
+            loss = torch.zeros((), device=accelerator.device)
+            for micro in range(args.grad_accum):
+                batch = next(batches).to(accelerator.device)
+                if args.debug_log_batches and micro == 0:
+                    hashes = accelerator.gather(torch.tensor([batch_hash(batch)], device=accelerator.device))
+                    log.write(step=step + 1, batch_hashes=hashes.tolist())
+                with accelerator.accumulate(model):
+                    loss += forward_backward(model, batch, args.tbptt_segments, accelerator) / args.grad_accum
+            loss = accelerator.reduce(loss, "mean").item()
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)  # before clipping
+            if error := divergence(step + 1, loss, float(grad_norm), args):
+                raise ValueError(error)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens += tokens_per_step
+            elapsed += time.perf_counter() - t0  # training time only (no evaluation or checkpointing)
+            lr = scheduler.get_last_lr()[0]
+            tok_s = tokens / elapsed
+            log.write(step=step, loss=loss, lr=lr, grad_norm=round(float(grad_norm), 4), tokens=tokens,
+                      tokens_per_s=round(tok_s, 1))
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
+            if step % args.eval_every == 0 or step == args.max_steps:
+                val_loss = evaluate(model, blocks.val, args.batch_size, accelerator)
+                log.write(step=step, val_loss=val_loss, val_ppl=math.exp(val_loss))
+                if is_main:
+                    tqdm.write(f"step {step}: val loss {val_loss:.4f}, perplexity {math.exp(val_loss):,.2f}")
+            if (args.save_every and step % args.save_every == 0) or step == args.max_steps:
+                state = {"step": step, "tokens": tokens, "elapsed": elapsed, "args": run_args}
+                save_checkpoint(accelerator, args, step, state, config, tok)
     if args.debug_log_batches:
         digest = torch.tensor([params_hash(model)], device=accelerator.device)
         log.write(step=step, param_hashes=accelerator.gather(digest).tolist())
