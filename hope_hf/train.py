@@ -217,11 +217,12 @@ class RunLog:
         kept = []
         if resume_step is not None and path.exists():
             kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
-        path.write_text("".join(line + "\n" for line in kept))
+        with writing(path):
+            path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, **record) -> None:
         if self.enabled:
-            with self.path.open("a") as f:
+            with writing(self.path), self.path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
 
     def records(self) -> list[dict]:
@@ -295,7 +296,8 @@ def plot_losses(records: list[dict], path: Path) -> None:
     ax.set(xlabel="optimizer step", ylabel="next-token loss (nats)", title="Hope training")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with writing(path):
+        fig.savefig(path, dpi=100)
     plt.close(fig)
 
 

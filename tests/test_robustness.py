@@ -341,3 +341,45 @@ def test_too_long_blocks_explain_the_per_batch_packing(tokenizer):
     with pytest.raises(ValueError, match="Blocks are cut within batches of 1000 documents, and the first batch holds "
                                          r"only \d+ tokens"):
         prepare_blocks(ds, tokenizer, 8192)
+
+
+# -- remote code across transformers versions ----------------------------------------------------------------------
+
+REMOTE = """
+import sys, torch, transformers
+from transformers import AutoModelForCausalLM, AutoTokenizer
+path = sys.argv[1]
+m = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True).eval()
+tok = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+ids = tok("The json module is", return_tensors="pt").input_ids
+a = m.generate(ids, max_new_tokens=6, do_sample=False, return_dict_in_generate=True)
+cache = a["cache"] if "cache" in a else a["past_key_values"]
+assert type(cache).__name__ == "HopeCache", type(cache)
+assert torch.equal(a.sequences, m.generate(ids, max_new_tokens=6, do_sample=False, use_cache=False))
+more = torch.cat([a.sequences, ids], 1)
+name = "cache" if "cache" in a else "past_key_values"
+cont = m.generate(more, max_new_tokens=3, do_sample=False, **{name: cache})
+assert torch.equal(cont, m.generate(more, max_new_tokens=3, do_sample=False, use_cache=False))
+try:
+    m(input_ids=torch.zeros(1, 0, dtype=torch.long))
+    raise SystemExit("no error for an empty input")
+except ValueError as e:
+    assert "0 tokens" in str(e)
+print("RESULT", transformers.__version__, type(m).__module__)
+"""
+# interpreters with other transformers versions to check too (e.g. the oldest allowed), os.pathsep-separated
+OTHER_PYTHONS = [p for p in os.environ.get("HOPE_HF_OTHER_PYTHONS", "").split(os.pathsep) if p]
+
+
+@pytest.mark.parametrize("python", [sys.executable, *OTHER_PYTHONS])
+def test_remote_code_generates_with_a_carried_cache(python, model_dir, tmp_path):
+    """The saved Hub-facing files, loaded with trust_remote_code=True where hope_hf is not imported, under this
+    environment's transformers (CI installs the newest allowed) and any in HOPE_HF_OTHER_PYTHONS."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HOME=str(tmp_path / "hf_home"), OMP_NUM_THREADS="1")
+    r = subprocess.run([python, "-c", REMOTE, str(model_dir)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    _, version, module = next(x for x in r.stdout.splitlines() if x.startswith("RESULT")).split()
+    assert module.startswith("transformers_modules."), module
+    print(f"remote code OK with transformers {version}")
