@@ -206,7 +206,8 @@ def main(argv: list[str] | None = None) -> str:
     return card
 
 
-__all__ = ["FIELD_DOCS", "config_fields", "default_model_name", "count_parameters", "render_model_card", "write_model_card"]
+__all__ = ["FIELD_DOCS", "config_fields", "count_parameters", "default_model_name", "render_model_card",
+           "write_model_card"]
 
 if __name__ == "__main__":
     main()
