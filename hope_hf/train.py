@@ -93,11 +93,24 @@ def find_checkpoint(output_dir: Path, spec: str | None) -> Path | None:
 
 
 def load_tokenizer(args, ds, ckpt: Path | None, accelerator: Accelerator):
-    """--tokenizer, else the checkpoint's tokenizer, else a BPE trained on the corpus by the main process; set to pad
-    on the left (the decoder-only convention batched generation needs), which is how it is saved."""
+    """--tokenizer, else the checkpoint's tokenizer, else a BPE trained on the corpus by the main process (kept in
+    memory until the corpus is checked: `save_trained_tokenizer`; the other processes, which run after the main one,
+    read the saved copy). Set to pad on the left (the decoder-only convention batched generation needs), which is how
+    it is saved."""
     tok = _tokenizer(args, ds, ckpt, accelerator)
     tok.padding_side = "left"
     return tok
+
+
+def trains_tokenizer(args, ckpt: Path | None) -> bool:
+    return not args.tokenizer and ckpt is None
+
+
+def save_trained_tokenizer(args, ckpt: Path | None, tok, accelerator: Accelerator) -> None:
+    """The main process saves the BPE it trained into output_dir/tokenizer (after the inputs have been checked)."""
+    if trains_tokenizer(args, ckpt) and accelerator.is_main_process:
+        with writing(args.output_dir / "tokenizer"):
+            tok.save_pretrained(args.output_dir / "tokenizer")
 
 
 def _tokenizer(args, ds, ckpt: Path | None, accelerator: Accelerator):
@@ -108,16 +121,13 @@ def _tokenizer(args, ds, ckpt: Path | None, accelerator: Accelerator):
             raise ValueError(f"could not load the tokenizer {args.tokenizer!r}: {e}") from e
     if ckpt is not None:
         return AutoTokenizer.from_pretrained(ckpt)
-    path = args.output_dir / "tokenizer"
-    if accelerator.is_main_process:
-        from hope_hf.tokenizer import train_bpe_tokenizer
+    if not accelerator.is_main_process:
+        return AutoTokenizer.from_pretrained(args.output_dir / "tokenizer")
+    from hope_hf.tokenizer import train_bpe_tokenizer
 
-        docs = ds.take(args.tokenizer_docs) if args.streaming else ds.select(range(min(len(ds), args.tokenizer_docs)))
-        texts = (ex[args.text_column] for ex in docs if isinstance(ex.get(args.text_column), str))
-        with writing(path):
-            train_bpe_tokenizer(texts, vocab_size=args.vocab_size).save_pretrained(path)
-    accelerator.wait_for_everyone()
-    return AutoTokenizer.from_pretrained(path)
+    docs = ds.take(args.tokenizer_docs) if args.streaming else ds.select(range(min(len(ds), args.tokenizer_docs)))
+    texts = (ex[args.text_column] for ex in docs if isinstance(ex.get(args.text_column), str))
+    return train_bpe_tokenizer(texts, vocab_size=args.vocab_size)
 
 
 def build_config(args, tok, ckpt: Path | None) -> HopeConfig:
@@ -136,16 +146,21 @@ def build_config(args, tok, ckpt: Path | None) -> HopeConfig:
     return config
 
 
-def prepare_output_dir(args, ckpt: Path | None, accelerator: Accelerator) -> None:
+def check_output_dir(args, ckpt: Path | None) -> None:
     """Refuse to mix a fresh run into an earlier run's checkpoints unless --overwrite-output-dir."""
     ckpts = args.output_dir / "checkpoints"
-    if ckpt is None and ckpts.is_dir() and any(ckpts.iterdir()):
-        if not args.overwrite_output_dir:
-            raise ValueError(f"{args.output_dir} already holds checkpoints: pass --resume-from-checkpoint latest to "
-                             f"continue that run, or --overwrite-output-dir to delete them")
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            shutil.rmtree(ckpts)
+    if ckpt is None and ckpts.is_dir() and any(ckpts.iterdir()) and not args.overwrite_output_dir:
+        raise ValueError(f"{args.output_dir} already holds checkpoints: pass --resume-from-checkpoint latest to "
+                         f"continue that run, or --overwrite-output-dir to delete them")
+
+
+def prepare_output_dir(args, ckpt: Path | None, accelerator: Accelerator) -> None:
+    """With --overwrite-output-dir, delete an earlier run's checkpoints (once every input has been checked)."""
+    check_output_dir(args, ckpt)
+    ckpts = args.output_dir / "checkpoints"
+    accelerator.wait_for_everyone()
+    if ckpt is None and ckpts.is_dir() and accelerator.is_main_process:
+        shutil.rmtree(ckpts)
     accelerator.wait_for_everyone()
 
 
@@ -364,11 +379,17 @@ def run(args) -> Path:
     if args.resume_from_checkpoint == "latest" and ckpt is None:
         accelerator.print(f"no checkpoint in {args.output_dir / 'checkpoints'}: starting from scratch")
 
+    check_output_dir(args, ckpt)
     with accelerator.main_process_first():
         ds = load_text_dataset(args.dataset, args.dataset_config, args.split, args.streaming)
     check_text_column(ds, args.text_column, args.dataset)
-    tok = load_tokenizer(args, ds, ckpt, accelerator)
-    config = build_config(args, tok, ckpt)
+    # the main process checks the tokenizer, config and corpus before it writes anything; the others follow it
+    with accelerator.main_process_first():
+        tok = load_tokenizer(args, ds, ckpt, accelerator)
+        config = build_config(args, tok, ckpt)
+        blocks = prepare_blocks(ds, tok, args.seq_len, args.text_column, args.val_fraction, args.val_blocks,
+                                args.seed, accelerator.process_index, accelerator.num_processes)
+        save_trained_tokenizer(args, ckpt, tok, accelerator)
     resumed = json.loads((ckpt / STATE_FILE).read_text()) if ckpt else None
     run_args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     run_args["world_size"] = accelerator.num_processes
@@ -378,9 +399,6 @@ def run(args) -> Path:
             accelerator.print(f"warning: {', '.join(changed)} differ from the checkpoint: the resumed run will not "
                               f"reproduce the original one")
     prepare_output_dir(args, ckpt, accelerator)
-    with accelerator.main_process_first():
-        blocks = prepare_blocks(ds, tok, args.seq_len, args.text_column, args.val_fraction, args.val_blocks,
-                                args.seed, accelerator.process_index, accelerator.num_processes)
 
     model = HopeForCausalLM(config)
     if args.activation_checkpointing:

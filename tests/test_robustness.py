@@ -177,6 +177,19 @@ def test_header_only_csv_is_a_one_line_error_naming_the_file(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_corpus_too_small_changes_nothing_even_with_overwrite_output_dir(tmp_path):
+    """The corpus is checked before the trained tokenizer is saved or an earlier run's checkpoints are deleted."""
+    data = tmp_path / "small.txt"
+    data.write_text("a few words\nand a few more\n")
+    old = tmp_path / "out" / "checkpoints" / "step-00000003"
+    old.mkdir(parents=True)
+    (old / "trainer_state.json").write_text("{}")
+    before = snapshot(tmp_path)
+    with pytest.raises(ValueError, match="the corpus is empty or too small"):
+        run_train("--dataset", data, "--output-dir", tmp_path / "out", "--overwrite-output-dir")
+    assert snapshot(tmp_path) == before and not (tmp_path / "out" / "tokenizer").exists()
+
+
 def test_unwritable_output_dir_is_refused_before_anything_is_written(tmp_path, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
