@@ -56,9 +56,11 @@ def check_args(args) -> None:
         check_writable_dir(args.session.parent, "session directory")
     if args.device is not None:
         try:
-            torch.device(args.device)
+            device = torch.device(args.device)
         except RuntimeError as e:
             raise ValueError(f"--device {args.device!r}: {one_line(e)}") from e
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {args.device}: CUDA is not available here (use --device cpu)")
 
 
 def load_model(name: str, device: str | None):

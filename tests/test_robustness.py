@@ -336,6 +336,12 @@ def test_sampling_options_need_do_sample(model_dir, capsys):
     assert capsys.readouterr().out == text + "\n"
 
 
+def test_bad_device_is_a_one_line_error(model_dir, capsys):
+    assert "--device 'gpu0': " in cli_error(gen(model_dir, "--prompt", "x", "--device", "gpu0"), capsys)
+    if not torch.cuda.is_available():
+        assert "CUDA is not available" in cli_error(gen(model_dir, "--prompt", "x", "--device", "cuda"), capsys)
+
+
 def test_beam_search_runs_and_cannot_carry_a_session(model_dir, tmp_path, capsys):
     text = cli.main(gen(model_dir, "--prompt", "The json module", "--num-beams", "2"))
     assert capsys.readouterr().out == text + "\n"
