@@ -25,11 +25,12 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import set_seed
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 
 from hope_hf import HopeCache, HopeConfig, HopeForCausalLM
-from hope_hf.cli import check_writable_dir, train_parser, writing
+from hope_hf.cli import check_writable_dir, one_line, train_parser, writing
 from hope_hf.data import (check_seq_len, check_text_column, idle_cms_levels, iter_batches, load_text_dataset,
                           prepare_blocks)
 from hope_hf.optim import create_optimizer
@@ -117,10 +118,13 @@ def _tokenizer(args, ds, ckpt: Path | None, accelerator: Accelerator):
     if args.tokenizer:
         try:
             return AutoTokenizer.from_pretrained(args.tokenizer)
-        except OSError as e:
+        except (OSError, ValueError) as e:  # missing, or a truncated tokenizer.json (JSONDecodeError)
             raise ValueError(f"could not load the tokenizer {args.tokenizer!r}: {e}") from e
     if ckpt is not None:
-        return AutoTokenizer.from_pretrained(ckpt)
+        try:
+            return AutoTokenizer.from_pretrained(ckpt)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"could not load the tokenizer of the checkpoint {ckpt}: {one_line(e)}") from e
     if not accelerator.is_main_process:
         return AutoTokenizer.from_pretrained(args.output_dir / "tokenizer")
     from hope_hf.tokenizer import train_bpe_tokenizer
@@ -419,7 +423,10 @@ def run(args) -> Path:
 
     step, tokens, elapsed = 0, 0, 0.0
     if ckpt is not None:
-        accelerator.load_state(str(ckpt))
+        try:
+            accelerator.load_state(str(ckpt))
+        except (OSError, RuntimeError, SafetensorError) as e:  # a truncated or partly deleted checkpoint
+            raise ValueError(f"cannot read the checkpoint {ckpt}: {one_line(e)}") from e
         step, tokens, elapsed = resumed["step"], resumed["tokens"], resumed["elapsed"]
         accelerator.print(f"resumed from {ckpt} at step {step}")
     log = RunLog(args.output_dir / "train_log.jsonl", is_main, step if ckpt else None)

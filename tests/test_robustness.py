@@ -169,6 +169,24 @@ def test_non_finite_loss_stops_training_and_saves_nothing_new(corpus, tmp_path):
     assert all(math.isfinite(v) for r in log for v in r.values())
 
 
+def test_truncated_checkpoint_or_tokenizer_is_named_and_nothing_changes(corpus, tmp_path):
+    out = tmp_path / "out"
+    run_train("--dataset", corpus, "--output-dir", out, "--max-steps", 1, "--eval-steps", 1)
+    ckpt = out / "checkpoints" / "step-00000001"
+    weights = ckpt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    before = snapshot(tmp_path)
+    with pytest.raises(ValueError, match=f"cannot read the checkpoint {ckpt}: .*deserializing header"):
+        run_train("--dataset", corpus, "--output-dir", out, "--max-steps", 2, "--resume-from-checkpoint", "latest")
+    assert snapshot(tmp_path) == before
+    tok_json = out / "final" / "tokenizer.json"
+    tok_json.write_text(tok_json.read_text()[:2000])
+    before = snapshot(tmp_path)
+    with pytest.raises(ValueError, match=f"could not load the tokenizer '{out / 'final'}'"):
+        run_train("--dataset", corpus, "--output-dir", tmp_path / "other", "--tokenizer", out / "final")
+    assert snapshot(tmp_path) == before
+
+
 def test_header_only_csv_is_a_one_line_error_naming_the_file(tmp_path, capsys):
     data = tmp_path / "header_only.csv"
     data.write_text("text\n")
