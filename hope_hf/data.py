@@ -15,6 +15,7 @@ start at any index, so a resumed run sees exactly the batches the uninterrupted 
 from __future__ import annotations
 
 import glob
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,8 @@ from hope_hf.cli import local_or_hub
 EMBEDDED = "stdlib"
 _BUILDERS = {".txt": "text", ".text": "text", ".md": "text", ".json": "json", ".jsonl": "json", ".csv": "csv",
              ".parquet": "parquet"}
-_PACK_BATCH = 1000  # documents per datasets.map batch (each batch drops < seq_len tokens at its end)
+_PACK_BATCH = 1000  # documents per datasets.map batch at least (each batch drops < seq_len tokens at its end)
+_PACK_BLOCKS = 16  # map-style: a batch holds about this many blocks at least, so long blocks pack too
 
 
 def sequence_unit(config) -> int:
@@ -154,10 +156,22 @@ def pack_texts(batch: dict, tokenizer, text_column: str, seq_len: int) -> dict:
     return {"input_ids": [stream[i: i + seq_len] for i in range(0, len(stream) - seq_len + 1, seq_len)]}
 
 
+def pack_batch_size(ds, tokenizer, text_column: str, seq_len: int) -> int:
+    """Documents per packing batch: `_PACK_BATCH`, or more for a map-style dataset whose batch would hold fewer than
+    `_PACK_BLOCKS` blocks (estimated from its first 100 documents), since each batch drops its last partial block:
+    with 1000 short documents per batch a long block would never fill."""
+    if not isinstance(ds, datasets.Dataset) or len(ds) == 0:
+        return _PACK_BATCH
+    head = [t if isinstance(t, str) else "" for t in ds.select(range(min(len(ds), 100)))[text_column]]
+    tokens = sum(len(ids) + 1 for ids in tokenizer(head, add_special_tokens=False)["input_ids"])
+    return max(_PACK_BATCH, math.ceil(_PACK_BLOCKS * seq_len * len(head) / max(tokens, 1)))
+
+
 def pack(ds, tokenizer, text_column: str, seq_len: int):
     """Tokenize and pack `ds` (map-style or streaming) into a dataset with one column, `input_ids`."""
     columns = check_text_column(ds, text_column)
-    kwargs = {"batched": True, "batch_size": _PACK_BATCH, "remove_columns": columns,
+    kwargs = {"batched": True, "batch_size": pack_batch_size(ds, tokenizer, text_column, seq_len),
+              "remove_columns": columns,
               "fn_kwargs": {"tokenizer": tokenizer, "text_column": text_column, "seq_len": seq_len}}
     if isinstance(ds, datasets.Dataset):
         kwargs["desc"] = "tokenize + pack"
@@ -188,8 +202,7 @@ def prepare_blocks(ds, tokenizer, seq_len: int, text_column: str = "text", val_f
         train = packed.skip(n_val).shuffle(seed=seed, buffer_size=1000)
         return Blocks(split_dataset_by_node(train, rank=rank, world_size=world_size), torch.tensor(val), None)
     if len(packed) < 2:
-        raise ValueError(_too_small(len(packed), seq_len, "2 (one to train on, one for validation)")
-                         + _pack_batch_hint(ds, tokenizer, text_column, seq_len))
+        raise ValueError(_too_small(len(packed), seq_len, "2 (one to train on, one for validation)"))
     n_val = min(val_blocks or max(1, round(val_fraction * len(packed))), len(packed) - 1)
     split = packed.train_test_split(test_size=n_val, seed=seed, shuffle=True)
     train = split_dataset_by_node(split["train"], rank=rank, world_size=world_size).with_format("torch")
@@ -200,19 +213,6 @@ def prepare_blocks(ds, tokenizer, seq_len: int, text_column: str = "text", val_f
 def _too_small(n_blocks: int, seq_len: int, need: str) -> str:
     return (f"the corpus is empty or too small: it packs into {n_blocks} block(s) of {seq_len} tokens but needs at "
             f"least {need}; add text, check the text column, or lower the sequence length")
-
-
-def _pack_batch_hint(ds, tokenizer, text_column: str, seq_len: int) -> str:
-    """Why a long block packs into nothing: blocks are cut inside each batch of `_PACK_BATCH` documents."""
-    if len(ds) <= _PACK_BATCH:
-        return ""
-    first = ds.select(range(_PACK_BATCH))[text_column]
-    n = sum(len(ids) + 1 for ids in tokenizer([t if isinstance(t, str) else "" for t in first],
-                                               add_special_tokens=False)["input_ids"])
-    if n >= 2 * seq_len:
-        return ""
-    return (f". Blocks are cut within batches of {_PACK_BATCH} documents, and the first batch holds only {n} tokens: "
-            f"a block must be much shorter than that")
 
 
 def iter_batches(train, batch_size: int, seed: int = 0, start: int = 0):

@@ -368,17 +368,22 @@ def test_beam_search_runs_and_cannot_carry_a_session(model_dir, tmp_path, capsys
     assert list(tmp_path.iterdir()) == []
 
 
-# -- sequence length hint ----------------------------------------------------------------------------------------------
+# -- long blocks -------------------------------------------------------------------------------------------------------
 
-def test_too_long_blocks_explain_the_per_batch_packing(tokenizer):
+def test_long_blocks_pack_from_many_short_documents(tokenizer):
+    """Packing cuts blocks inside each map batch; batches grow so a long block fills (1000 documents of a few tokens
+    used to give no block of 4096 tokens at all)."""
     import datasets
 
-    from hope_hf.data import prepare_blocks
+    from hope_hf.data import pack_texts, prepare_blocks
 
-    ds = datasets.Dataset.from_dict({"text": ["a few words of text"] * 1500})
-    with pytest.raises(ValueError, match="Blocks are cut within batches of 1000 documents, and the first batch holds "
-                                         r"only \d+ tokens"):
-        prepare_blocks(ds, tokenizer, 8192)
+    texts = [f"document {i} has a few words" for i in range(5000)]
+    n1000 = sum(len(ids) + 1 for ids in tokenizer(texts[:1000], add_special_tokens=False)["input_ids"])
+    seq_len = (n1000 // 64 + 1) * 64                                     # longer than 1000 documents
+    assert pack_texts({"text": texts[:1000]}, tokenizer, "text", seq_len)["input_ids"] == []
+    total = len(pack_texts({"text": texts}, tokenizer, "text", seq_len)["input_ids"])
+    blocks = prepare_blocks(datasets.Dataset.from_dict({"text": texts}), tokenizer, seq_len, val_blocks=1)
+    assert total >= 4 and blocks.num_train + len(blocks.val) == total   # as if packed in one piece
 
 
 # -- remote code across transformers versions ----------------------------------------------------------------------
