@@ -324,6 +324,14 @@ def test_truncated_or_incomplete_sessions_name_the_file(model_dir, session, caps
     assert snapshot(session.parent) == before
 
 
+def test_session_in_an_unwritable_place_is_refused_before_generating(model_dir, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    line = cli_error(gen(model_dir, "--prompt", "x", "--session", blocker / "s.safetensors"), capsys)
+    assert f"cannot write the session directory {blocker}: {blocker} exists and is not a directory" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
 def test_truncated_model_file_names_the_model(model_dir, tmp_path, capsys):
     import shutil
 
