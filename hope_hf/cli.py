@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import glob
 import importlib
+import math
 import os
 import sys
 from pathlib import Path
@@ -49,8 +51,6 @@ def local_or_hub(name: str) -> str:
     """argparse `type`: a local-looking name must exist (a file, a directory or a glob that matches); anything else is
     left for the Hub. Raises ValueError("no such file or directory: ...") without asking the Hub."""
     if looks_local(name):
-        import glob
-
         expanded = os.path.expanduser(name)
         if not (os.path.exists(expanded) or glob.glob(expanded, recursive=True)):
             raise ValueError(f"no such file or directory: {name}")
@@ -77,8 +77,6 @@ def _arg_type(check):
 
 
 def positive_finite(value: str) -> float:
-    import math
-
     x = float(value)
     if not (math.isfinite(x) and x > 0):
         raise ValueError(f"must be a positive finite number, got {value}")
