@@ -33,6 +33,7 @@ from hope_hf import HopeCache, HopeConfig, HopeForCausalLM
 from hope_hf.cli import check_writable_dir, one_line, train_parser, writing
 from hope_hf.data import (check_seq_len, check_text_column, idle_cms_levels, iter_batches, load_text_dataset,
                           prepare_blocks)
+from hope_hf.modeling_hope import CACHE_FIELD
 from hope_hf.optim import create_optimizer
 
 CKPT_PREFIX = "step-"
@@ -187,9 +188,9 @@ def forward_backward(model, batch: torch.Tensor, segments: int, accelerator: Acc
         sync = accelerator.no_sync(model) if k < segments - 1 else contextlib.nullcontext()
         with sync:
             out = model(input_ids=ids.contiguous(), labels=ids, shift_labels=tgt.contiguous(),
-                        num_items_in_batch=n_items, use_cache=True, past_key_values=cache)
+                        num_items_in_batch=n_items, use_cache=True, **{CACHE_FIELD: cache})
             accelerator.backward(out.loss)
-        cache = out.past_key_values.detach_()
+        cache = out[CACHE_FIELD].detach_()
         total = total + out.loss.detach()
     return total
 
