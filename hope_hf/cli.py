@@ -101,7 +101,7 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
     """Shows every option's default, except the empty ones (None, False)."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False):
+        if action.default is None or action.default is False:
             return action.help
         return super()._get_help_string(action)
 
@@ -200,7 +200,8 @@ def _top_parser() -> argparse.ArgumentParser:
                                 usage=f"hope-hf {{{','.join(COMMANDS)}}} [options]   (hope-hf COMMAND --help for "
                                       "the options)")
     p.add_argument("--version", action="version", version=f"hope-hf {version()}")
-    p.add_argument("command", choices=COMMANDS)
+    p.add_argument("command", choices=COMMANDS, help="train: train a Hope model on a corpus; generate: continue a "
+                                                     "prompt with a saved model (see hope-hf COMMAND --help)")
     return p
 
 

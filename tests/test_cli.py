@@ -63,7 +63,8 @@ def test_help_shows_defaults_and_hf_style_names(capsys):
     with pytest.raises(SystemExit):
         cli.main(["generate", "--help"])
     text = capsys.readouterr().out
-    for flag in ("--top-k", "--num-beams", "--repetition-penalty", "--device", "--debug", "(default: 40)"):
+    for flag in ("--top-k", "--num-beams", "--repetition-penalty", "--device", "--debug", "(default: 40)",
+                 "(default: 0)"):
         assert flag in text, flag
 
 
