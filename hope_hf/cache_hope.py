@@ -81,6 +81,7 @@ class HopeCache(Cache):
         self.seen_tokens = 0
         self.model_state = None
         self.config_signature = None if config is None else signature(config)
+        self.weights_fingerprint = None  # set by whoever saves a session (see `weights_fingerprint`)
 
     # -- the transformers Cache surface
     def get_seq_length(self, layer_idx=0):
@@ -152,9 +153,10 @@ class HopeCache(Cache):
         save_session(self, path)
 
     @classmethod
-    def load(cls, path, config=None, device=None):
-        """Load a memory session saved with `save`; with `config`, refuse a session from another config."""
-        return load_session(cls, path, config, device)
+    def load(cls, path, config=None, device=None, fingerprint=None):
+        """Load a memory session saved with `save`; with `config`, refuse a session from another config, and with
+        `fingerprint` (`weights_fingerprint(model)`), one saved with other weights."""
+        return load_session(cls, path, config, device, fingerprint)
 
     def cms_update_counts(self):
         """Commits made so far by every CMS level: a LongTensor [num_layers, num_levels, batch]."""
@@ -204,14 +206,21 @@ def save_session(cache, path):
     flat = _flatten({"model": cache.model_state, "layers": [layer.state for layer in cache.layers]}, "", {})
     meta = {"format": "pt", "hope_session": "1", "seen_tokens": str(cache.seen_tokens),
             "signature": json.dumps(cache.config_signature)}
+    if getattr(cache, "weights_fingerprint", None):
+        meta["weights_fingerprint"] = cache.weights_fingerprint
     save_file(flat, str(path), metadata=meta)
 
 
-def load_session(cls, path, config=None, device=None):
-    from safetensors import safe_open
+def load_session(cls, path, config=None, device=None, fingerprint=None):
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        flat = load_file(str(path), device=str(device or "cpu"))
+    except (OSError, SafetensorError) as e:
+        raise ValueError(f"cannot read the memory session {path}: {' '.join(str(e).split())} (the file is missing, "
+                         "truncated or not a safetensors file)") from e
     if meta.get("hope_session") != "1":
         raise ValueError(f"{path} is not a Hope memory session (saved with HopeCache.save)")
     sig = json.loads(meta["signature"])
@@ -219,14 +228,37 @@ def load_session(cls, path, config=None, device=None):
     if config is not None and sig != signature(config):
         raise ValueError(f"the memory session in {path} was saved from a model with another config; load it with "
                          "the same model configuration it was created with")
-    tree = _unflatten(load_file(str(path), device=str(device or "cpu")))
+    saved = meta.get("weights_fingerprint")
+    if fingerprint is not None and saved is not None and saved != fingerprint:
+        raise ValueError(f"the memory session in {path} was made with other weights (fingerprint {saved}, this model "
+                         f"{fingerprint}): a session continues only with the model that wrote it; start a new session")
+    tree = _unflatten(flat)
     cache = cls(num_layers=len(tree["layers"]))
     cache.config_signature = sig
+    cache.weights_fingerprint = saved
     cache.model_state = tree["model"]
     for i, st in enumerate(tree["layers"]):
         cache.set_state(i, st)
     cache.seen_tokens = int(meta["seen_tokens"])
     return cache
+
+
+def weights_fingerprint(model, samples=256):
+    """A short hash of a model's weights: every state-dict tensor's name, shape and `samples` evenly spaced values
+    (rounded to bfloat16, so a float32 and a bfloat16 copy of the same weights agree, and the device does not
+    matter). Cheap even for large models; a memory session records it and refuses other weights."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        flat = t.detach().reshape(-1)
+        h.update(f"{name}{tuple(t.shape)}".encode())
+        if flat.numel() and flat.is_floating_point():
+            idx = torch.linspace(0, flat.numel() - 1, min(samples, flat.numel()), device=flat.device).long()
+            h.update(flat[idx].to(torch.bfloat16).float().cpu().numpy().tobytes())
+        elif flat.numel():
+            h.update(flat[: samples].cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def signature(config):
@@ -237,4 +269,4 @@ def signature(config):
     return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in ((k, getattr(config, k)) for k in keys))
 
 
-__all__ = ["HopeCache", "HopeLayerState", "tree_map"]
+__all__ = ["HopeCache", "HopeLayerState", "tree_map", "weights_fingerprint"]

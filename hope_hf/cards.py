@@ -144,16 +144,33 @@ def render_model_card(config, num_parameters=None, training=None, eval_results=N
     return re.sub(r"\{\{\s*(\w+)\s*\}\}", fill, load_template())
 
 
+GENERIC_DIR_NAMES = re.compile(r"^(final|model|output|checkpoint.*|step-.*|tmp.*|\..*)$")
+
+
+def default_model_name(directory, config) -> str:
+    """The card title for a model saved in `directory`: the directory's name, unless it is a generic one (`final`,
+    `checkpoint-*`, a hidden temporary directory...); then `hope-<preset>` (or `hope-<hidden size>d` for a custom
+    config)."""
+    name = Path(directory).resolve().name
+    if not GENERIC_DIR_NAMES.match(name):
+        return name
+    from .configuration_hope import PRESETS
+
+    preset = next((p for p, fields in PRESETS.items()
+                   if all(getattr(config, k, None) == v for k, v in fields.items())), None)
+    return f"hope-{preset}" if preset else f"hope-{config.hidden_size}d"
+
+
 def write_model_card(directory, model_or_config, **kwargs) -> Path:
     """Write `README.md` (the model card) into `directory`; returns its path.
 
     `model_or_config`: a Hope model (its parameters are counted) or a HopeConfig. `kwargs` go to
-    `render_model_card`; `model_name` defaults to the directory's name."""
+    `render_model_card`; `model_name` defaults to `default_model_name(directory, config)`."""
     directory = Path(directory)
     config = getattr(model_or_config, "config", model_or_config)
     if kwargs.get("num_parameters") is None and hasattr(model_or_config, "parameters"):
         kwargs["num_parameters"] = sum(p.numel() for p in model_or_config.parameters())
-    kwargs.setdefault("model_name", directory.resolve().name)
+    kwargs.setdefault("model_name", default_model_name(directory, config))
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "README.md"
     path.write_text(render_model_card(config, **kwargs), encoding="utf-8")
@@ -189,7 +206,8 @@ def main(argv: list[str] | None = None) -> str:
     return card
 
 
-__all__ = ["FIELD_DOCS", "config_fields", "count_parameters", "render_model_card", "write_model_card"]
+__all__ = ["FIELD_DOCS", "config_fields", "count_parameters", "default_model_name", "render_model_card",
+           "write_model_card"]
 
 if __name__ == "__main__":
     main()

@@ -1,30 +1,252 @@
-"""The `hope-hf` command: `hope-hf train ...` and `hope-hf generate ...` (see `--help` of each)."""
+"""The `hope-hf` command: `hope-hf train ...` and `hope-hf generate ...` (see `--help` of each).
+
+This module imports only the standard library, so `--help`, `--version` and argument errors answer at once; torch and
+transformers are imported after the arguments are parsed and checked. (The console script enters through the
+top-level `hope_hf_cli` shim, which runs this file without importing the `hope_hf` package, whose import registers
+the models with transformers.) Bad input and I/O failures end in a one-line `hope-hf: error: ...` and exit status 2;
+`--debug` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import glob
+import importlib
+import math
+import os
 import sys
+from pathlib import Path
 
 COMMANDS = {"train": "hope_hf.train", "generate": "hope_hf.generate"}
+EMBEDDED = "stdlib"  # the embedded corpus (hope_hf.data.EMBEDDED)
+OPTIMIZERS = ("adamw", "m3", "dmgd")  # hope_hf.optim.OPTIMIZERS (a test keeps them equal)
+# endings that mark a name as a file on this machine, never a Hub id
+LOCAL_SUFFIXES = (".txt", ".text", ".md", ".json", ".jsonl", ".csv", ".tsv", ".parquet", ".arrow", ".gz", ".bz2",
+                  ".xz", ".zst", ".zip", ".safetensors", ".bin", ".pt")
 
 
-def run(main, argv: list[str] | None = None) -> None:
-    """Call `main(argv)`; a `ValueError` (bad input) becomes a one-line error and exit status 2."""
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
     try:
-        main(argv)
-    except ValueError as e:
-        print(f"hope-hf: error: {e}", file=sys.stderr)
+        return dist_version("hope-hf")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+# -- local paths vs Hub ids -----------------------------------------------------------------------------------------
+
+def looks_local(name: str) -> bool:
+    """Whether `name` means a path on this machine rather than a Hub id: it starts with `./`, `../`, `/` or `~`, has a
+    file extension, holds glob characters, or its parent directory exists."""
+    path = Path(name).expanduser()
+    return (name.startswith((".", "/", "~", os.sep)) or path.is_absolute()
+            or path.suffix.lower() in LOCAL_SUFFIXES or any(c in name for c in "*?[")
+            or (path.parent != Path(".") and path.parent.is_dir()))
+
+
+def local_or_hub(name: str) -> str:
+    """argparse `type`: a local-looking name must exist (a file, a directory or a glob that matches); anything else is
+    left for the Hub. Raises ValueError("no such file or directory: ...") without asking the Hub."""
+    if looks_local(name):
+        expanded = os.path.expanduser(name)
+        if not (os.path.exists(expanded) or glob.glob(expanded, recursive=True)):
+            raise ValueError(f"no such file or directory: {name}")
+    return name
+
+
+def model_path(name: str) -> str:
+    """argparse `type` for `--model`: like `local_or_hub`, and a name without a namespace (`user/name`) must exist
+    locally too, since every Hope repository on the Hub has one (`missing_dir` is a typo, not a Hub id)."""
+    local_or_hub(name)
+    if "/" not in name and not os.path.exists(name):
+        raise ValueError(f"no such file or directory: {name} (a Hub model id has the form user/name)")
+    return name
+
+
+def _arg_type(check):
+    def convert(value):
+        try:
+            return check(value)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from e
+    convert.__name__ = check.__name__
+    return convert
+
+
+def positive_finite(value: str) -> float:
+    x = float(value)
+    if not (math.isfinite(x) and x > 0):
+        raise ValueError(f"must be a positive finite number, got {value}")
+    return x
+
+
+def check_writable_dir(path: Path, what: str = "output directory") -> None:
+    """Raise `ValueError` unless `path` is a directory, or can be created as one, that this process may write."""
+    path = Path(path)
+    ancestor = path
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"cannot write the {what} {path}: {ancestor} exists and is not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write the {what} {path}: permission denied on {ancestor}")
+
+
+# -- parsers ----------------------------------------------------------------------------------------------------
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows every option's default, except the empty ones (None, False)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _parser(prog: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=_Formatter)
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    return p
+
+
+def train_parser() -> argparse.ArgumentParser:
+    """Options of `hope-hf train` (transformers/accelerate names; the older short names still work)."""
+    p = _parser("hope-hf train", "Train Hope with Accelerate on a text corpus (one process, or many with "
+                                 "`accelerate launch`).")
+    path = _arg_type(local_or_hub)
+    a = p.add_argument_group("data").add_argument
+    a("--dataset", "--dataset-name", default=EMBEDDED, type=path,
+      help=f"'{EMBEDDED}' (embedded corpus), a local file/dir/glob, or a Hub dataset name")
+    a("--dataset-config", "--dataset-config-name", default=None, help="Hub dataset config name")
+    a("--split", default="train", help="Hub dataset split")
+    a("--text-column", default="text", help="the dataset column that holds the text")
+    a("--streaming", action="store_true", help="stream the dataset instead of loading it")
+    a("--block-size", "--seq-len", dest="seq_len", type=int, metavar="N", default=256,
+      help="tokens per training block (a multiple of the smallest CMS chunk)")
+    a("--val-fraction", type=float, default=0.05, help="held-out blocks (map-style datasets)")
+    a("--val-blocks", type=int, default=None, help="held-out blocks, overrides --val-fraction (streaming: 16)")
+    a = p.add_argument_group("model").add_argument
+    a("--preset", default="tiny", help="HopeConfig preset (tiny, small, 340m, 760m, 1.3b)")
+    a("--tokenizer", "--tokenizer-name", default=None, type=path,
+      help="an AutoTokenizer path/name; default: train a byte-level BPE on the corpus")
+    a("--vocab-size", type=int, default=2048, help="vocab size of the trained BPE")
+    a("--tokenizer-docs", type=int, default=50_000, help="documents the BPE is trained on")
+    a = p.add_argument_group("optimisation").add_argument
+    a("--max-steps", type=int, default=300, help="optimizer steps")
+    a("--per-device-train-batch-size", "--batch-size", dest="batch_size", type=int, metavar="N", default=8,
+      help="blocks per process per micro-step")
+    a("--gradient-accumulation-steps", "--grad-accum", dest="grad_accum", type=int, metavar="N", default=1,
+      help="micro-steps per optimizer step")
+    a("--learning-rate", "--lr", dest="lr", metavar="LR", type=_arg_type(positive_finite), default=3e-3, help="peak learning rate")
+    a("--optimizer", choices=OPTIMIZERS, default="adamw",
+      help="adamw, m3 (multi-scale momentum Muon) or dmgd (deep momentum GD); see hope_hf.optim")
+    a("--cms-outer-periods", type=int, nargs="+", default=None,
+      help="outer update period of each CMS level's initial state, in training tokens (multi-frequency stepping)")
+    a("--warmup-steps", type=int, default=None, help="default: 10%% of --max-steps")
+    a("--weight-decay", type=float, default=0.1, help="AdamW-style decoupled weight decay")
+    a("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm")
+    a("--bf16", action="store_true", help="bf16 autocast where the device supports it")
+    a("--gradient-checkpointing", "--activation-checkpointing", dest="activation_checkpointing",
+      action="store_true", help="recompute activations in the backward pass (less memory)")
+    a("--tbptt-segments", type=int, default=1, help="split each block into K segments, carrying the memory")
+    a("--seed", type=int, default=0, help="seed of the model init, data order and BPE")
+    a("--use-cpu", "--cpu", dest="cpu", action="store_true", help="train on the CPU even if CUDA is available")
+    a = p.add_argument_group("logging and checkpoints").add_argument
+    a("--output-dir", type=Path, default=Path("runs/train"), help="logs, checkpoints and final/")
+    a("--overwrite-output-dir", action="store_true", help="delete checkpoints of an earlier run there")
+    a("--eval-steps", "--eval-every", dest="eval_every", type=int, metavar="N", default=100,
+      help="validation every N steps (and at the end)")
+    a("--save-steps", "--save-every", dest="save_every", type=int, metavar="N", default=100,
+      help="checkpoint every N steps (0: only at the end)")
+    a("--save-total-limit", "--keep-checkpoints", dest="keep_checkpoints", type=int, metavar="N", default=2,
+      help="most recent checkpoints kept (0: all)")
+    a("--resume-from-checkpoint", default=None, help="a checkpoint dir, or 'latest' in --output-dir")
+    a("--sample-prompt", default="The json module", help="prompt for a greedy sample at the end")
+    a("--sample-tokens", type=int, default=40, help="tokens to sample at the end (0: none)")
+    a("--debug-log-batches", action="store_true",
+      help="log hashes of every rank's first micro-batch per step, and of its parameters at the end")
+    return p
+
+
+def generate_parser() -> argparse.ArgumentParser:
+    """Options of `hope-hf generate` (names as in transformers' GenerationConfig)."""
+    p = _parser("hope-hf generate", "Generate from a saved Hope checkpoint, optionally carrying the memory across "
+                                    "invocations (--session).")
+    p.add_argument("--model", "--model-name-or-path", dest="model", required=True, type=_arg_type(model_path),
+                   help="a save_pretrained directory (model + tokenizer) or a Hub id")
+    p.add_argument("--prompt", required=True, help="text to continue (appended to the --session conversation)")
+    p.add_argument("--session", type=Path, default=None,
+                   help="memory session file to continue and update (the conversation ids go to SESSION.ids.json)")
+    p.add_argument("--max-new-tokens", type=int, default=40, help="tokens to generate")
+    p.add_argument("--do-sample", action="store_true", help="sample (default: greedy)")
+    p.add_argument("--temperature", type=float, default=None, help="sampling temperature (needs --do-sample)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass (needs --do-sample)")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest tokens (needs --do-sample)")
+    p.add_argument("--num-beams", type=int, default=1, help="beam search width (1: no beam search)")
+    p.add_argument("--repetition-penalty", type=float, default=None, help="> 1 discourages repeats")
+    p.add_argument("--seed", type=int, default=0, help="torch seed (for --do-sample)")
+    p.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if present)")
+    return p
+
+
+PARSERS = {"train": train_parser, "generate": generate_parser}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hope-hf", description="Train and run Google's Nested Learning Hope model.",
+                                usage=f"hope-hf {{{','.join(COMMANDS)}}} [options]   (hope-hf COMMAND --help for "
+                                      "the options)")
+    p.add_argument("--version", action="version", version=f"hope-hf {version()}")
+    p.add_argument("command", choices=COMMANDS, help="train: train a Hope model on a corpus; generate: continue a "
+                                                     "prompt with a saved model (see hope-hf COMMAND --help)")
+    return p
+
+
+# -- running --------------------------------------------------------------------------------------------------------
+
+def one_line(e: BaseException) -> str:
+    """An exception as one line: the message, else its type."""
+    text = " ".join(str(e).split())
+    return text or type(e).__name__
+
+
+@contextlib.contextmanager
+def writing(path):
+    """Turn a failed write (disk full, read-only or missing directory, ...) into an `OSError` naming `path` and the
+    cause; torch reports a full disk as a RuntimeError ("enforce fail at inline_container.cc"), safetensors as a
+    SafetensorError."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, RuntimeError, SafetensorError) as e:
+        raise OSError(f"could not write {path}: {one_line(e)}") from e
+
+
+def run(fn, args, debug: bool = False):
+    """Call `fn(args)`; bad input (`ValueError`) and I/O failures (`OSError`) become one line on stderr and exit
+    status 2, with the traceback only when `debug`."""
+    try:
+        return fn(args)
+    except (ValueError, OSError) as e:
+        if debug:
+            raise
+        print(f"hope-hf: error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+def main(argv: list[str] | None = None):
+    """`hope-hf COMMAND [options]`: parse and check the options, then import and run the command."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] not in COMMANDS:
-        print(f"usage: hope-hf {{{','.join(COMMANDS)}}} [options]   (hope-hf COMMAND --help for the options)",
-              file=sys.stderr)
-        sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
-    import importlib
-
-    run(importlib.import_module(COMMANDS[argv[0]]).main, argv[1:])
+        _top_parser().parse_args(argv[:1])  # --help / --version / a usage error (exit 2)
+        return None
+    args = PARSERS[argv[0]]().parse_args(argv[1:])
+    module = importlib.import_module(COMMANDS[argv[0]])
+    return run(module.run, args, args.debug)
 
 
 if __name__ == "__main__":

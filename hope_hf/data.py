@@ -15,6 +15,7 @@ start at any index, so a resumed run sees exactly the batches the uninterrupted 
 from __future__ import annotations
 
 import glob
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +24,13 @@ import datasets
 import torch
 from datasets.distributed import split_dataset_by_node
 
+from hope_hf.cli import local_or_hub
+
 EMBEDDED = "stdlib"
 _BUILDERS = {".txt": "text", ".text": "text", ".md": "text", ".json": "json", ".jsonl": "json", ".csv": "csv",
              ".parquet": "parquet"}
-_PACK_BATCH = 1000  # documents per datasets.map batch (each batch drops < seq_len tokens at its end)
+_PACK_BATCH = 1000  # documents per datasets.map batch at least (each batch drops < seq_len tokens at its end)
+_PACK_BLOCKS = 16  # map-style: a batch holds about this many blocks at least, so long blocks pack too
 
 
 def sequence_unit(config) -> int:
@@ -96,7 +100,9 @@ def load_text_dataset(source: str | None = None, config_name: str | None = None,
         ds = embedded_dataset()
         return ds.to_iterable_dataset() if streaming else ds
     files = _local_files(source)
-    if files is not None:
+    if files is None:
+        local_or_hub(source)  # a local-looking name that names nothing: "no such file or directory", not the Hub
+    else:
         if not files:
             raise ValueError(f"{source!r} contains no data files with an extension among {sorted(_BUILDERS)}")
         try:
@@ -104,6 +110,9 @@ def load_text_dataset(source: str | None = None, config_name: str | None = None,
         except datasets.exceptions.DatasetGenerationError as e:
             raise ValueError(f"could not read {source!r}: the data files are empty or malformed "
                              f"({type(e.__cause__ or e).__name__}: {e.__cause__ or e})") from e
+        except ValueError as e:  # e.g. a CSV with only a header: 'Instruction "train" corresponds to no data!'
+            raise ValueError(f"could not read {source!r}: it holds no rows (an empty file, or a CSV/JSON without "
+                             f"records) ({e})") from e
     try:
         return datasets.load_dataset(source, config_name, split=split, streaming=streaming)
     except Exception as e:
@@ -125,13 +134,15 @@ def _column_names(ds) -> list[str]:
     return list(names)
 
 
-def check_text_column(ds, column: str) -> list[str]:
-    """Raise `ValueError` if `column` is not in `ds`; returns the column names."""
+def check_text_column(ds, column: str, source: str | None = None) -> list[str]:
+    """Raise `ValueError` if `column` is not in `ds` (named `source` in the message); returns the column names."""
     names = _column_names(ds)
+    where = f" {source!r}" if source else ""
     if not names:
-        raise ValueError("the corpus is empty: the dataset has no rows")
+        raise ValueError(f"the corpus{where} is empty: the dataset has no rows")
     if column not in names:
-        raise ValueError(f"text column {column!r} not found; available columns: {', '.join(map(repr, names))}")
+        raise ValueError(f"text column {column!r} not found; available columns: {', '.join(map(repr, names))} "
+                         f"(in the corpus{where})")
     return names
 
 
@@ -145,10 +156,22 @@ def pack_texts(batch: dict, tokenizer, text_column: str, seq_len: int) -> dict:
     return {"input_ids": [stream[i: i + seq_len] for i in range(0, len(stream) - seq_len + 1, seq_len)]}
 
 
+def pack_batch_size(ds, tokenizer, text_column: str, seq_len: int) -> int:
+    """Documents per packing batch: `_PACK_BATCH`, or more for a map-style dataset whose batch would hold fewer than
+    `_PACK_BLOCKS` blocks (estimated from its first 100 documents), since each batch drops its last partial block:
+    with 1000 short documents per batch a long block would never fill."""
+    if not isinstance(ds, datasets.Dataset) or len(ds) == 0:
+        return _PACK_BATCH
+    head = [t if isinstance(t, str) else "" for t in ds.select(range(min(len(ds), 100)))[text_column]]
+    tokens = sum(len(ids) + 1 for ids in tokenizer(head, add_special_tokens=False)["input_ids"])
+    return max(_PACK_BATCH, math.ceil(_PACK_BLOCKS * seq_len * len(head) / max(tokens, 1)))
+
+
 def pack(ds, tokenizer, text_column: str, seq_len: int):
     """Tokenize and pack `ds` (map-style or streaming) into a dataset with one column, `input_ids`."""
     columns = check_text_column(ds, text_column)
-    kwargs = {"batched": True, "batch_size": _PACK_BATCH, "remove_columns": columns,
+    kwargs = {"batched": True, "batch_size": pack_batch_size(ds, tokenizer, text_column, seq_len),
+              "remove_columns": columns,
               "fn_kwargs": {"tokenizer": tokenizer, "text_column": text_column, "seq_len": seq_len}}
     if isinstance(ds, datasets.Dataset):
         kwargs["desc"] = "tokenize + pack"

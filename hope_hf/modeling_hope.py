@@ -11,7 +11,7 @@ CMS commits of the levels whose chunk ended. That span loop is the only loop ove
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -20,8 +20,8 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from transformers import DynamicCache, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import CausalLMOutputWithPast
-from transformers.utils import ModelOutput, can_return_tuple, logging
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.utils import can_return_tuple, logging
 
 from .cache_hope import HopeCache, signature
 from .configuration_hope import HopeConfig
@@ -193,15 +193,16 @@ class HopeBlock(GradientCheckpointingLayer):
         return (hidden * mask[..., None], out_spec, *leaves)
 
 
+# transformers >= 5.24 names the cache of outputs and inputs `cache` (5.23: `past_key_values`)
+CACHE_FIELD = "cache" if "cache" in {f.name for f in fields(CausalLMOutputWithPast)} else "past_key_values"
+
+
 @dataclass
-class HopeModelOutput(ModelOutput):
-    """Base-model output in the `BaseModelOutputWithPast` order. `attentions` is always None (Hope has no attention).
+class HopeModelOutput(BaseModelOutputWithPast):
+    """Base-model output in the `BaseModelOutputWithPast` order; the cache field is `past_key_values` (transformers
+    5.23) or `cache` (>= 5.24), as in the parent class. `attentions` is always None (Hope has no attention).
     `logits` is filled only for `HopeForCausalLM` (the LM head runs inside the span loop for the CMS teach signals)."""
 
-    last_hidden_state: torch.FloatTensor | None = None
-    past_key_values: HopeCache | None = None
-    hidden_states: tuple | None = None
-    attentions: tuple | None = None
     logits: torch.FloatTensor | None = None
 
 
@@ -348,11 +349,16 @@ class HopeModel(HopePreTrainedModel):
                 raise ValueError(f"inputs_embeds must be [batch, seq_len, {self.config.hidden_size}], got "
                                  f"{tuple(inputs_embeds.shape)}")
             B, T = inputs_embeds.shape[:2]
+        if T == 0:
+            raise ValueError("the input has 0 tokens (an empty prompt?): pass at least one token, e.g. the BOS token")
         if attention_mask is not None:
             if attention_mask.dim() != 2 or attention_mask.shape[0] != B or attention_mask.shape[1] < T:
                 raise ValueError(
                     f"attention_mask must be [batch={B}, length>={T}] (the new tokens, or past+new tokens); got "
                     f"{tuple(attention_mask.shape)}")
+            if not bool((attention_mask[:, -T:] != 0).any()):
+                raise ValueError("the attention_mask marks every input position as padding: there is no token to read "
+                                 "(generate() builds this mask from pad_token_id when none is passed)")
         return B, T
 
     def _resolve_cache(self, past_key_values, use_cache, batch_size):
@@ -376,13 +382,15 @@ class HopeModel(HopePreTrainedModel):
     # --------------------------------------------------------------------------------------------- forward
     @can_return_tuple
     def forward(self, input_ids=None, attention_mask=None, past_key_values=None, inputs_embeds=None,
-                use_cache=None, output_hidden_states=None, lm_head_weight=None, output_attentions=None, **kwargs):
+                use_cache=None, output_hidden_states=None, lm_head_weight=None, output_attentions=None, cache=None,
+                **kwargs):
         """`lm_head_weight`: the LM head the CMS teach signals use (passed by `HopeForCausalLM`); a bare model uses
         its own `lm_head` (untied embeddings) or the input embeddings (tied). `hidden_states` (with
         `output_hidden_states` or `config.output_hidden_states`): the embeddings, the outputs of layers 1..L-1 and
         the normed last layer (= `last_hidden_state`), all on the path to the outputs (a layer-major replay, see
         below; it costs one more forward pass without a graph). `output_attentions` is accepted; `attentions` is
-        always None (Hope has no attention)."""
+        always None (Hope has no attention). `cache` is transformers >= 5.24's name for `past_key_values`."""
+        past_key_values = cache if past_key_values is None else past_key_values
         c = self.config
         output_hidden_states = output_hidden_states if output_hidden_states is not None else c.output_hidden_states
         if output_attentions if output_attentions is not None else c.output_attentions:
@@ -555,8 +563,8 @@ class HopeModel(HopePreTrainedModel):
             cache.seen_tokens += T
             if cache.config_signature is None:
                 cache.config_signature = signature(c)
-        return HopeModelOutput(last_hidden_state=hidden, past_key_values=cache, hidden_states=all_hidden,
-                               logits=logits)
+        return HopeModelOutput(last_hidden_state=hidden, hidden_states=all_hidden, logits=logits,
+                               **{CACHE_FIELD: cache})
 
     @staticmethod
     def _run_layer(layer, h, m, state, offset, reference, write):
@@ -640,6 +648,7 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
 
     def prepare_inputs_for_generation(self, input_ids, next_sequence_length=None, past_key_values=None,
                                       attention_mask=None, inputs_embeds=None, is_first_iteration=False, **kwargs):
+        past_key_values = kwargs.pop("cache", past_key_values)           # transformers >= 5.24 passes `cache`
         if is_first_iteration and isinstance(past_key_values, HopeCache) and not past_key_values.is_empty:
             seen = past_key_values.get_seq_length()
             hint = ("pass the whole conversation so far (the returned sequences, including the last generated token, "
@@ -662,13 +671,15 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
                     and not torch.equal(input_ids[:, seen - 1], last.to(input_ids.device))):
                 raise ValueError(f"input_ids do not continue the conversation held in the HopeCache: {hint}.")
         return super().prepare_inputs_for_generation(
-            input_ids, next_sequence_length=next_sequence_length, past_key_values=past_key_values,
-            attention_mask=attention_mask, inputs_embeds=inputs_embeds, is_first_iteration=is_first_iteration,
+            input_ids, next_sequence_length=next_sequence_length, attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds, is_first_iteration=is_first_iteration, **{CACHE_FIELD: past_key_values},
             **kwargs)
 
     @can_return_tuple
     def forward(self, input_ids=None, attention_mask=None, past_key_values=None, inputs_embeds=None, labels=None,
-                use_cache=None, output_hidden_states=None, logits_to_keep=0, output_attentions=None, **kwargs):
+                use_cache=None, output_hidden_states=None, logits_to_keep=0, output_attentions=None, cache=None,
+                **kwargs):
+        past_key_values = cache if past_key_values is None else past_key_values   # transformers >= 5.24: `cache`
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=past_key_values,
                          inputs_embeds=inputs_embeds, use_cache=use_cache, output_hidden_states=output_hidden_states,
                          lm_head_weight=self.lm_head.weight, output_attentions=output_attentions, return_dict=True)
@@ -680,8 +691,8 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values,
-                                      hidden_states=out.hidden_states)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=out.hidden_states,
+                                      **{CACHE_FIELD: out.get(CACHE_FIELD)})
 
 
 __all__ = ["HopeModel", "HopeForCausalLM", "HopePreTrainedModel", "HopeCache"]

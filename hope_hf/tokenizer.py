@@ -18,7 +18,8 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 300) -> PreTrain
 
     The byte-level alphabet (256 symbols) plus the 3 special tokens already take 259 ids, so `vocab_size` must be
     larger than that; the result has at most `vocab_size` tokens (fewer only if the text runs out of merges).
-    Decoding inverts encoding exactly for any text (no prefix space, no clean-up of spaces).
+    Decoding inverts encoding exactly for any text (no prefix space, no clean-up of spaces). It pads on the left
+    (and is saved so), the convention for decoder-only models: batched `generate` then equals each prompt alone.
     """
     if vocab_size <= 256 + len(SPECIAL_TOKENS):
         raise ValueError(f"vocab_size must be > {256 + len(SPECIAL_TOKENS)} for a byte-level BPE, got {vocab_size}")
@@ -37,6 +38,7 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 300) -> PreTrain
         bos_token="<s>",
         eos_token="</s>",
         pad_token="<pad>",
+        padding_side="left",  # decoder-only convention: a left-padded batch generates like each prompt alone
         clean_up_tokenization_spaces=False,
     )
 

@@ -4,7 +4,7 @@
     accelerate launch --multi_gpu --num_processes 2 ... -m hope_hf.train ...    # see examples/train_multi_process.sh
 
 Data (`--dataset`): the embedded stdlib-docstring corpus (default), local text/json/jsonl/csv/parquet files, or a
-Hub dataset; packed into `--seq-len` blocks, a held-out validation split, and each process its own shard. The
+Hub dataset; packed into `--block-size` blocks, a held-out validation split, and each process its own shard. The
 output directory receives `train_log.jsonl`, `loss.png`, `checkpoints/step-NNNNNNNN` (Accelerate state, written
 atomically; `--resume-from-checkpoint DIR|latest` continues exactly) and `final/` (`save_pretrained` model,
 tokenizer and model card).
@@ -12,7 +12,6 @@ tokenizer and model card).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
@@ -26,13 +25,16 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import set_seed
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 
 from hope_hf import HopeCache, HopeConfig, HopeForCausalLM
-from hope_hf.data import (EMBEDDED, check_seq_len, check_text_column, idle_cms_levels, iter_batches, load_text_dataset,
+from hope_hf.cli import check_writable_dir, one_line, train_parser, writing
+from hope_hf.data import (check_seq_len, check_text_column, idle_cms_levels, iter_batches, load_text_dataset,
                           prepare_blocks)
-from hope_hf.optim import OPTIMIZERS, create_optimizer
+from hope_hf.modeling_hope import CACHE_FIELD
+from hope_hf.optim import create_optimizer
 
 CKPT_PREFIX = "step-"
 STATE_FILE = "trainer_state.json"
@@ -42,51 +44,9 @@ _RESUME_KEYS = ("dataset", "dataset_config", "split", "text_column", "streaming"
                 "cms_outer_periods")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hope-hf train", description=__doc__.splitlines()[0])
-    a = p.add_argument_group("data").add_argument
-    a("--dataset", default=EMBEDDED, help="'stdlib' (embedded corpus, default), a local file/dir/glob, or a Hub name")
-    a("--dataset-config", default=None, help="Hub dataset config name")
-    a("--split", default="train", help="Hub dataset split (default train)")
-    a("--text-column", default="text")
-    a("--streaming", action="store_true", help="stream the dataset instead of loading it")
-    a("--seq-len", type=int, default=256, help="tokens per block (a multiple of the smallest CMS chunk)")
-    a("--val-fraction", type=float, default=0.05, help="held-out blocks (map-style datasets)")
-    a("--val-blocks", type=int, default=None, help="held-out blocks, overrides --val-fraction (streaming: 16)")
-    a = p.add_argument_group("model").add_argument
-    a("--preset", default="tiny", help="HopeConfig preset (tiny, small, 340m, 760m, 1.3b)")
-    a("--tokenizer", default=None, help="an AutoTokenizer path/name; default: train a byte-level BPE on the corpus")
-    a("--vocab-size", type=int, default=2048, help="vocab size of the trained BPE (default 2048)")
-    a("--tokenizer-docs", type=int, default=50_000, help="documents the BPE is trained on (default 50000)")
-    a = p.add_argument_group("optimisation").add_argument
-    a("--max-steps", type=int, default=300)
-    a("--batch-size", type=int, default=8, help="blocks per process per micro-step")
-    a("--grad-accum", type=int, default=1, help="micro-steps per optimizer step")
-    a("--lr", type=float, default=3e-3)
-    a("--optimizer", choices=OPTIMIZERS, default="adamw",
-      help="adamw (default), m3 (multi-scale momentum Muon) or dmgd (deep momentum GD); see hope_hf.optim")
-    a("--cms-outer-periods", type=int, nargs="+", default=None,
-      help="outer update period of each CMS level's initial state, in training tokens (multi-frequency stepping)")
-    a("--warmup-steps", type=int, default=None, help="default: 10%% of --max-steps")
-    a("--weight-decay", type=float, default=0.1)
-    a("--max-grad-norm", type=float, default=1.0)
-    a("--bf16", action="store_true", help="bf16 autocast where the device supports it")
-    a("--activation-checkpointing", action="store_true")
-    a("--tbptt-segments", type=int, default=1, help="split each block into K segments, carrying the memory")
-    a("--seed", type=int, default=0)
-    a("--cpu", action="store_true", help="train on the CPU even if CUDA is available")
-    a = p.add_argument_group("logging and checkpoints").add_argument
-    a("--output-dir", type=Path, default=Path("runs/train"))
-    a("--overwrite-output-dir", action="store_true", help="delete checkpoints of an earlier run there")
-    a("--eval-every", type=int, default=100, help="validation every N steps (and at the end)")
-    a("--save-every", type=int, default=100, help="checkpoint every N steps (0: only at the end)")
-    a("--keep-checkpoints", type=int, default=2, help="most recent checkpoints kept (0: all)")
-    a("--resume-from-checkpoint", default=None, help="a checkpoint dir, or 'latest' in --output-dir")
-    a("--sample-prompt", default="The json module", help="prompt for a greedy sample at the end")
-    a("--sample-tokens", type=int, default=40, help="tokens to sample at the end (0: none)")
-    a("--debug-log-batches", action="store_true",
-      help="log hashes of every rank's first micro-batch per step, and of its parameters at the end")
-    return p
+def build_parser():
+    """The options of `hope-hf train` (defined in `hope_hf.cli`, which imports no heavy module)."""
+    return train_parser()
 
 
 # -- setup ------------------------------------------------------------------------------------------------------
@@ -111,12 +71,14 @@ def has_unused_parameters(args) -> bool:
 
 def validate_args(args) -> None:
     """Fail before any data is read or anything is written."""
-    for name in ("max_steps", "batch_size", "grad_accum", "eval_every"):
+    for name, flag in (("max_steps", "--max-steps"), ("batch_size", "--per-device-train-batch-size"),
+                       ("grad_accum", "--gradient-accumulation-steps"), ("eval_every", "--eval-steps")):
         if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+            raise ValueError(f"{flag} must be >= 1, got {getattr(args, name)}")
     if not 0 < args.val_fraction < 1:
         raise ValueError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
     check_seq_len(HopeConfig.from_preset(args.preset), args.seq_len, args.tbptt_segments)
+    check_writable_dir(args.output_dir)
 
 
 def find_checkpoint(output_dir: Path, spec: str | None) -> Path | None:
@@ -133,23 +95,44 @@ def find_checkpoint(output_dir: Path, spec: str | None) -> Path | None:
 
 
 def load_tokenizer(args, ds, ckpt: Path | None, accelerator: Accelerator):
-    """--tokenizer, else the checkpoint's tokenizer, else a BPE trained on the corpus by the main process."""
+    """--tokenizer, else the checkpoint's tokenizer, else a BPE trained on the corpus by the main process (kept in
+    memory until the corpus is checked: `save_trained_tokenizer`; the other processes, which run after the main one,
+    read the saved copy). Set to pad on the left (the decoder-only convention batched generation needs), which is how
+    it is saved."""
+    tok = _tokenizer(args, ds, ckpt, accelerator)
+    tok.padding_side = "left"
+    return tok
+
+
+def trains_tokenizer(args, ckpt: Path | None) -> bool:
+    return not args.tokenizer and ckpt is None
+
+
+def save_trained_tokenizer(args, ckpt: Path | None, tok, accelerator: Accelerator) -> None:
+    """The main process saves the BPE it trained into output_dir/tokenizer (after the inputs have been checked)."""
+    if trains_tokenizer(args, ckpt) and accelerator.is_main_process:
+        with writing(args.output_dir / "tokenizer"):
+            tok.save_pretrained(args.output_dir / "tokenizer")
+
+
+def _tokenizer(args, ds, ckpt: Path | None, accelerator: Accelerator):
     if args.tokenizer:
         try:
             return AutoTokenizer.from_pretrained(args.tokenizer)
-        except OSError as e:
+        except (OSError, ValueError) as e:  # missing, or a truncated tokenizer.json (JSONDecodeError)
             raise ValueError(f"could not load the tokenizer {args.tokenizer!r}: {e}") from e
     if ckpt is not None:
-        return AutoTokenizer.from_pretrained(ckpt)
-    path = args.output_dir / "tokenizer"
-    if accelerator.is_main_process:
-        from hope_hf.tokenizer import train_bpe_tokenizer
+        try:
+            return AutoTokenizer.from_pretrained(ckpt)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"could not load the tokenizer of the checkpoint {ckpt}: {one_line(e)}") from e
+    if not accelerator.is_main_process:
+        return AutoTokenizer.from_pretrained(args.output_dir / "tokenizer")
+    from hope_hf.tokenizer import train_bpe_tokenizer
 
-        docs = ds.take(args.tokenizer_docs) if args.streaming else ds.select(range(min(len(ds), args.tokenizer_docs)))
-        texts = (ex[args.text_column] for ex in docs if isinstance(ex.get(args.text_column), str))
-        train_bpe_tokenizer(texts, vocab_size=args.vocab_size).save_pretrained(path)
-    accelerator.wait_for_everyone()
-    return AutoTokenizer.from_pretrained(path)
+    docs = ds.take(args.tokenizer_docs) if args.streaming else ds.select(range(min(len(ds), args.tokenizer_docs)))
+    texts = (ex[args.text_column] for ex in docs if isinstance(ex.get(args.text_column), str))
+    return train_bpe_tokenizer(texts, vocab_size=args.vocab_size)
 
 
 def build_config(args, tok, ckpt: Path | None) -> HopeConfig:
@@ -168,16 +151,21 @@ def build_config(args, tok, ckpt: Path | None) -> HopeConfig:
     return config
 
 
-def prepare_output_dir(args, ckpt: Path | None, accelerator: Accelerator) -> None:
+def check_output_dir(args, ckpt: Path | None) -> None:
     """Refuse to mix a fresh run into an earlier run's checkpoints unless --overwrite-output-dir."""
     ckpts = args.output_dir / "checkpoints"
-    if ckpt is None and ckpts.is_dir() and any(ckpts.iterdir()):
-        if not args.overwrite_output_dir:
-            raise ValueError(f"{args.output_dir} already holds checkpoints: pass --resume-from-checkpoint latest to "
-                             f"continue that run, or --overwrite-output-dir to delete them")
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            shutil.rmtree(ckpts)
+    if ckpt is None and ckpts.is_dir() and any(ckpts.iterdir()) and not args.overwrite_output_dir:
+        raise ValueError(f"{args.output_dir} already holds checkpoints: pass --resume-from-checkpoint latest to "
+                         f"continue that run, or --overwrite-output-dir to delete them")
+
+
+def prepare_output_dir(args, ckpt: Path | None, accelerator: Accelerator) -> None:
+    """With --overwrite-output-dir, delete an earlier run's checkpoints (once every input has been checked)."""
+    check_output_dir(args, ckpt)
+    ckpts = args.output_dir / "checkpoints"
+    accelerator.wait_for_everyone()
+    if ckpt is None and ckpts.is_dir() and accelerator.is_main_process:
+        shutil.rmtree(ckpts)
     accelerator.wait_for_everyone()
 
 
@@ -200,9 +188,9 @@ def forward_backward(model, batch: torch.Tensor, segments: int, accelerator: Acc
         sync = accelerator.no_sync(model) if k < segments - 1 else contextlib.nullcontext()
         with sync:
             out = model(input_ids=ids.contiguous(), labels=ids, shift_labels=tgt.contiguous(),
-                        num_items_in_batch=n_items, use_cache=True, past_key_values=cache)
+                        num_items_in_batch=n_items, use_cache=True, **{CACHE_FIELD: cache})
             accelerator.backward(out.loss)
-        cache = out.past_key_values.detach_()
+        cache = out[CACHE_FIELD].detach_()
         total = total + out.loss.detach()
     return total
 
@@ -249,11 +237,12 @@ class RunLog:
         kept = []
         if resume_step is not None and path.exists():
             kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
-        path.write_text("".join(line + "\n" for line in kept))
+        with writing(path):
+            path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, **record) -> None:
         if self.enabled:
-            with self.path.open("a") as f:
+            with writing(self.path), self.path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
 
     def records(self) -> list[dict]:
@@ -261,27 +250,47 @@ class RunLog:
 
 
 def save_checkpoint(accelerator: Accelerator, args, step: int, state: dict, config, tok) -> Path:
-    """`accelerator.save_state` into a temporary directory, then `os.replace` it into place (atomic)."""
+    """`accelerator.save_state` into a temporary directory, then renamed into place (atomic)."""
     root = args.output_dir / "checkpoints"
     final, tmp = root / f"{CKPT_PREFIX}{step:08d}", root / f".tmp-{CKPT_PREFIX}{step:08d}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        with writing(tmp):
+            tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        config.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))  # last: marks the checkpoint complete
-        if final.exists():
-            old = root / f".old-{final.name}"
-            os.replace(final, old)
-            shutil.rmtree(old)
-        os.replace(tmp, final)
-        prune_checkpoints(root, args.keep_checkpoints)
+    with writing(final), cleanup_on_error(tmp):
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            config.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))  # last: marks the checkpoint complete
+            replace_dir(tmp, final)
+            prune_checkpoints(root, args.keep_checkpoints)
     accelerator.wait_for_everyone()
     return final
+
+
+@contextlib.contextmanager
+def cleanup_on_error(tmp: Path):
+    """Delete the temporary directory `tmp` if the block fails (the previous output stays as it was)."""
+    try:
+        yield
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move the complete directory `tmp` to `final` with renames, replacing an older `final`."""
+    if final.exists():
+        old = final.with_name(f".old-{final.name}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, final)
 
 
 def prune_checkpoints(root: Path, keep: int) -> None:
@@ -307,19 +316,24 @@ def plot_losses(records: list[dict], path: Path) -> None:
     ax.set(xlabel="optimizer step", ylabel="next-token loss (nats)", title="Hope training")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with writing(path):
+        fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
+def card_title(args) -> str:
+    """The model card's title: preset and data, e.g. `hope-tiny-stdlib` (not the directory name `final`)."""
+    data = Path(str(args.dataset).rstrip("/")).name.split(".")[0] or "data"
+    return f"hope-{args.preset}-{data}"
+
+
 def save_final(model, tok, args, val_loss: float, tokens: int) -> Path:
-    """`save_pretrained` model + tokenizer (+ a model card when `hope_hf.cards` provides one) into output/final."""
-    final = args.output_dir / "final"
-    model.save_pretrained(final)
-    tok.save_pretrained(final)
-    try:
-        from hope_hf.cards import write_model_card
-    except ImportError:
-        return final
+    """`save_pretrained` model + tokenizer + model card into output/final: written into a temporary directory, then
+    renamed, so `final/` is always complete (or the previous one)."""
+    from hope_hf.cards import write_model_card
+
+    final, tmp = args.output_dir / "final", args.output_dir / ".tmp-final"
+    shutil.rmtree(tmp, ignore_errors=True)
     training = {"data": f"{args.dataset} ({'streamed, ' if args.streaming else ''}{args.seq_len}-token blocks)",
                 "steps": args.max_steps, "tokens seen": f"{tokens:,}",
                 "batch": f"{args.batch_size} x {args.seq_len} tokens x {args.grad_accum} accumulation per process",
@@ -327,10 +341,26 @@ def save_final(model, tok, args, val_loss: float, tokens: int) -> Path:
                              + (f", CMS outer periods {args.cms_outer_periods} tokens" if args.cms_outer_periods
                                 else "") + "), cosine schedule",
                 "recipe": "`hope-hf train` (hope_hf.train)"}
-    write_model_card(final, model, training=training,
-                     eval_results={"validation loss": round(val_loss, 4),
-                                   "validation perplexity": round(math.exp(val_loss), 2)})
+    with writing(final), cleanup_on_error(tmp):
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        write_model_card(tmp, model, training=training, model_name=card_title(args),
+                         eval_results={"validation loss": round(val_loss, 4),
+                                       "validation perplexity": round(math.exp(val_loss), 2)})
+        replace_dir(tmp, final)
     return final
+
+
+def divergence(step: int, loss: float, grad_norm: float, args) -> str | None:
+    """The error that stops training when the loss or the gradient norm is not finite (checked before the update),
+    else None."""
+    if math.isfinite(loss) and math.isfinite(grad_norm):
+        return None
+    ckpt = find_checkpoint(args.output_dir, "latest")
+    kept = f"the last checkpoint is {ckpt}" if ckpt else "no checkpoint was written"
+    hint = "lower --learning-rate" + (", train without --bf16" if args.bf16 else "") + ", or lengthen --warmup-steps"
+    return (f"training diverged at step {step}: loss {loss}, gradient norm {grad_norm}; nothing was saved for this "
+            f"step ({kept}, no final model). Try: {hint} (--learning-rate is {args.lr:g})")
 
 
 def sample(model, tok, prompt: str, n: int) -> str:
@@ -340,8 +370,12 @@ def sample(model, tok, prompt: str, n: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    """Run training; returns the final `save_pretrained` directory."""
-    args = build_parser().parse_args(argv)
+    """Parse `argv` and train; returns the final `save_pretrained` directory."""
+    return run(build_parser().parse_args(argv))
+
+
+def run(args) -> Path:
+    """Train with parsed options (see `hope_hf.cli.train_parser`); returns the final `save_pretrained` directory."""
     validate_args(args)
     accelerator = make_accelerator(args)
     is_main = accelerator.is_main_process
@@ -350,11 +384,17 @@ def main(argv: list[str] | None = None) -> Path:
     if args.resume_from_checkpoint == "latest" and ckpt is None:
         accelerator.print(f"no checkpoint in {args.output_dir / 'checkpoints'}: starting from scratch")
 
+    check_output_dir(args, ckpt)
     with accelerator.main_process_first():
         ds = load_text_dataset(args.dataset, args.dataset_config, args.split, args.streaming)
-    check_text_column(ds, args.text_column)
-    tok = load_tokenizer(args, ds, ckpt, accelerator)
-    config = build_config(args, tok, ckpt)
+    check_text_column(ds, args.text_column, args.dataset)
+    # the main process checks the tokenizer, config and corpus before it writes anything; the others follow it
+    with accelerator.main_process_first():
+        tok = load_tokenizer(args, ds, ckpt, accelerator)
+        config = build_config(args, tok, ckpt)
+        blocks = prepare_blocks(ds, tok, args.seq_len, args.text_column, args.val_fraction, args.val_blocks,
+                                args.seed, accelerator.process_index, accelerator.num_processes)
+        save_trained_tokenizer(args, ckpt, tok, accelerator)
     resumed = json.loads((ckpt / STATE_FILE).read_text()) if ckpt else None
     run_args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     run_args["world_size"] = accelerator.num_processes
@@ -364,9 +404,6 @@ def main(argv: list[str] | None = None) -> Path:
             accelerator.print(f"warning: {', '.join(changed)} differ from the checkpoint: the resumed run will not "
                               f"reproduce the original one")
     prepare_output_dir(args, ckpt, accelerator)
-    with accelerator.main_process_first():
-        blocks = prepare_blocks(ds, tok, args.seq_len, args.text_column, args.val_fraction, args.val_blocks,
-                                args.seed, accelerator.process_index, accelerator.num_processes)
 
     model = HopeForCausalLM(config)
     if args.activation_checkpointing:
@@ -387,7 +424,10 @@ def main(argv: list[str] | None = None) -> Path:
 
     step, tokens, elapsed = 0, 0, 0.0
     if ckpt is not None:
-        accelerator.load_state(str(ckpt))
+        try:
+            accelerator.load_state(str(ckpt))
+        except (OSError, RuntimeError, SafetensorError) as e:  # a truncated or partly deleted checkpoint
+            raise ValueError(f"cannot read the checkpoint {ckpt}: {one_line(e)}") from e
         step, tokens, elapsed = resumed["step"], resumed["tokens"], resumed["elapsed"]
         accelerator.print(f"resumed from {ckpt} at step {step}")
     log = RunLog(args.output_dir / "train_log.jsonl", is_main, step if ckpt else None)
@@ -402,47 +442,49 @@ def main(argv: list[str] | None = None) -> Path:
         seg = args.seq_len // args.tbptt_segments
         accelerator.print(f"warning: the CMS level(s) with chunk {idle} never commit inside a {seg}-token training "
                           f"segment, so their learning rate is not trained (they do commit at inference on longer "
-                          f"texts); use --seq-len > {max(idle) * args.tbptt_segments} to train them")
+                          f"texts); use --block-size > {max(idle) * args.tbptt_segments} to train them")
     if ckpt is None:  # the untrained model's validation loss, for the log and the plot
         val0 = evaluate(model, blocks.val, args.batch_size, accelerator)
         log.write(step=0, val_loss=val0, val_ppl=math.exp(val0))
     batches = iter_batches(blocks.train, args.batch_size, args.seed, start=step * args.grad_accum)
-    bar = tqdm(total=args.max_steps, initial=step, desc="train", unit="step", disable=not is_main)
-    model.train()
-    val_loss = float("nan")
-    while step < args.max_steps:
-        t0 = time.perf_counter()
-        loss = torch.zeros((), device=accelerator.device)
-        for micro in range(args.grad_accum):
-            batch = next(batches).to(accelerator.device)
-            if args.debug_log_batches and micro == 0:
-                hashes = accelerator.gather(torch.tensor([batch_hash(batch)], device=accelerator.device))
-                log.write(step=step + 1, batch_hashes=hashes.tolist())
-            with accelerator.accumulate(model):
-                loss += forward_backward(model, batch, args.tbptt_segments, accelerator) / args.grad_accum
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)  # before clipping
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        tokens += tokens_per_step
-        loss = accelerator.reduce(loss, "mean").item()
-        elapsed += time.perf_counter() - t0  # training time only (no evaluation or checkpointing)
-        lr = scheduler.get_last_lr()[0]
-        tok_s = tokens / elapsed
-        log.write(step=step, loss=loss, lr=lr, grad_norm=round(float(grad_norm), 4), tokens=tokens,
-                  tokens_per_s=round(tok_s, 1))
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
-        if step % args.eval_every == 0 or step == args.max_steps:
-            val_loss = evaluate(model, blocks.val, args.batch_size, accelerator)
-            log.write(step=step, val_loss=val_loss, val_ppl=math.exp(val_loss))
-            if is_main:
-                tqdm.write(f"step {step}: val loss {val_loss:.4f}, perplexity {math.exp(val_loss):,.2f}")
-        if (args.save_every and step % args.save_every == 0) or step == args.max_steps:
-            state = {"step": step, "tokens": tokens, "elapsed": elapsed, "args": run_args}
-            save_checkpoint(accelerator, args, step, state, config, tok)
-    bar.close()
+    # a `with` block, so the bar is closed before an error is printed
+    with tqdm(total=args.max_steps, initial=step, desc="train", unit="step", disable=not is_main) as bar:
+        model.train()
+        val_loss = float("nan")
+        while step < args.max_steps:
+            t0 = time.perf_counter()
+            loss = torch.zeros((), device=accelerator.device)
+            for micro in range(args.grad_accum):
+                batch = next(batches).to(accelerator.device)
+                if args.debug_log_batches and micro == 0:
+                    hashes = accelerator.gather(torch.tensor([batch_hash(batch)], device=accelerator.device))
+                    log.write(step=step + 1, batch_hashes=hashes.tolist())
+                with accelerator.accumulate(model):
+                    loss += forward_backward(model, batch, args.tbptt_segments, accelerator) / args.grad_accum
+            loss = accelerator.reduce(loss, "mean").item()
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)  # before clipping
+            if error := divergence(step + 1, loss, float(grad_norm), args):
+                raise ValueError(error)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens += tokens_per_step
+            elapsed += time.perf_counter() - t0  # training time only (no evaluation or checkpointing)
+            lr = scheduler.get_last_lr()[0]
+            tok_s = tokens / elapsed
+            log.write(step=step, loss=loss, lr=lr, grad_norm=round(float(grad_norm), 4), tokens=tokens,
+                      tokens_per_s=round(tok_s, 1))
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
+            if step % args.eval_every == 0 or step == args.max_steps:
+                val_loss = evaluate(model, blocks.val, args.batch_size, accelerator)
+                log.write(step=step, val_loss=val_loss, val_ppl=math.exp(val_loss))
+                if is_main:
+                    tqdm.write(f"step {step}: val loss {val_loss:.4f}, perplexity {math.exp(val_loss):,.2f}")
+            if (args.save_every and step % args.save_every == 0) or step == args.max_steps:
+                state = {"step": step, "tokens": tokens, "elapsed": elapsed, "args": run_args}
+                save_checkpoint(accelerator, args, step, state, config, tok)
     if args.debug_log_batches:
         digest = torch.tensor([params_hash(model)], device=accelerator.device)
         log.write(step=step, param_hashes=accelerator.gather(digest).tolist())
@@ -466,6 +508,7 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    from hope_hf.cli import run
+    from hope_hf import cli
 
-    run(main)
+    _args = build_parser().parse_args()
+    cli.run(run, _args, _args.debug)

@@ -1,0 +1,130 @@
+"""The `hope-hf` command line: fast --help/--version (no torch import), defaults shown, HF-style option names with the
+old names as aliases, and local-looking paths that never reach the Hub."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hope_hf import cli
+
+REPO = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "transformers", "datasets", "accelerate", "hope_hf")
+
+
+def shim(*argv, cwd, offline=True):
+    """`python -m hope_hf_cli ARGV` (the console script's entry point) in a fresh process; (rc, stdout, stderr, s)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    if not offline:  # a name sent to the Hub would hang on retries here, not fail in a second
+        for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+            env.pop(var, None)
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "hope_hf_cli", *argv], check=False, cwd=cwd, env=env, capture_output=True, text=True,
+                       timeout=120)
+    return r.returncode, r.stdout, r.stderr, time.perf_counter() - t0
+
+
+def test_help_is_fast_and_imports_nothing_heavy(tmp_path):
+    code = ("import sys, hope_hf_cli\n"
+            "try:\n    hope_hf_cli.main(['train', '--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-c", code], check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[]"
+    for command in ("train", "generate"):
+        rc, out, _, seconds = shim(command, "--help", cwd=tmp_path)
+        assert rc == 0 and f"usage: hope-hf {command}" in out and seconds < 2.0, (rc, seconds)
+
+
+def test_version(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"hope-hf {version('hope-hf')}"
+
+
+def test_help_shows_defaults_and_hf_style_names(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for names, default in [("--block-size N, --seq-len N", "256"), ("--per-device-train-batch-size N, --batch-size N",
+                                                                    "8"),
+                           ("--gradient-accumulation-steps N, --grad-accum N", "1"),
+                           ("--learning-rate LR, --lr LR", "0.003"), ("--eval-steps N, --eval-every N", "100"),
+                           ("--save-steps N, --save-every N", "100"), ("--save-total-limit N, --keep-checkpoints N",
+                                                                       "2")]:
+        assert names in text, names
+        assert f"(default: {default})" in text.split(names, 1)[1].split("--", 1)[0], names
+    with pytest.raises(SystemExit):
+        cli.main(["generate", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--top-k", "--num-beams", "--repetition-penalty", "--device", "--debug", "(default: 40)",
+                 "(default: 0)"):
+        assert flag in text, flag
+
+
+def test_old_and_new_option_names_are_the_same_options(tmp_path):
+    old = ["--seq-len", "512", "--batch-size", "3", "--grad-accum", "2", "--lr", "1e-3", "--eval-every", "7",
+           "--save-every", "9", "--keep-checkpoints", "4", "--cpu", "--activation-checkpointing"]
+    new = ["--block-size", "512", "--per-device-train-batch-size", "3", "--gradient-accumulation-steps", "2",
+           "--learning-rate", "1e-3", "--eval-steps", "7", "--save-steps", "9", "--save-total-limit", "4",
+           "--use-cpu", "--gradient-checkpointing"]
+    a, b = cli.train_parser().parse_args(old), cli.train_parser().parse_args(new)
+    assert vars(a) == vars(b)
+    assert (a.seq_len, a.batch_size, a.grad_accum, a.lr, a.eval_every, a.save_every, a.keep_checkpoints) == (
+        512, 3, 2, 1e-3, 7, 9, 4) and a.cpu and a.activation_checkpointing
+
+
+def test_the_light_parser_agrees_with_the_package():
+    from hope_hf import data, optim
+
+    assert cli.OPTIMIZERS == optim.OPTIMIZERS and cli.EMBEDDED == data.EMBEDDED
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "0", "-1e-3"])
+def test_learning_rate_must_be_positive_and_finite(value, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", f"--learning-rate={value}"])
+    assert e.value.code == 2 and "must be a positive finite number" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["data/does_not_exist.txt", "./missing", "../missing-dir", "/no/such/dir",
+                                  "~/no-such-hope-hf-file", "corpus.jsonl", "data/*.csv", "sub/missing"])
+def test_local_looking_dataset_paths_never_reach_the_hub(name, tmp_path, capsys, monkeypatch):
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--dataset", name, "--output-dir", str(tmp_path / "out")])
+    assert e.value.code == 2
+    assert f"no such file or directory: {name}" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sub"]          # nothing written
+
+
+def test_hub_like_names_are_left_for_the_hub():
+    for name in ("wikitext", "user/dataset", "stdlib"):
+        assert cli.local_or_hub(name) == name
+    assert cli.model_path("user/hope-model") == "user/hope-model"
+    with pytest.raises(ValueError, match="no such file or directory: missing_dir .a Hub model id has the form"):
+        cli.model_path("missing_dir")
+
+
+def test_missing_paths_fail_in_a_second_without_the_hub(tmp_path):
+    """The console script, online settings: no retries, one line, exit status 2, nothing written."""
+    rc, _, err, seconds = shim("train", "--dataset", "data/does_not_exist.txt", "--output-dir", "out", cwd=tmp_path,
+                               offline=False)
+    assert rc == 2 and "no such file or directory: data/does_not_exist.txt" in err and seconds < 2.0, (err, seconds)
+    rc, _, err, seconds = shim("generate", "--model", "missing_dir", "--prompt", "hi", cwd=tmp_path, offline=False)
+    assert rc == 2 and "no such file or directory: missing_dir" in err and seconds < 2.0, (err, seconds)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_load_text_dataset_refuses_a_missing_local_path():
+    from hope_hf.data import load_text_dataset
+
+    with pytest.raises(ValueError, match="no such file or directory: data/does_not_exist.txt"):
+        load_text_dataset("data/does_not_exist.txt")
