@@ -37,6 +37,8 @@ FIELD_DOCS = {
     "adaptive_query": "queries from a memory (else a fixed linear map)",
     "memory_objective": "inner recall loss (`l2` or `dot`)",
     "memory_lr_max": "upper bound of the memory learning rates",
+    "memory_lr_init": "memory learning rate at initialisation",
+    "memory_retention_init": "range of the memory retention gates over the heads at initialisation",
     "cms_lr_init": "initial CMS learning rate",
     "cms_teach_signal": "where the CMS error signal comes from",
     "rms_norm_eps": "RMSNorm epsilon",

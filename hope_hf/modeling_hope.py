@@ -356,7 +356,7 @@ class HopeModel(HopePreTrainedModel):
                 raise ValueError(
                     f"attention_mask must be [batch={B}, length>={T}] (the new tokens, or past+new tokens); got "
                     f"{tuple(attention_mask.shape)}")
-            if not bool((attention_mask[:, -T:] != 0).any()):
+            if not torch.compiler.is_compiling() and not bool((attention_mask[:, -T:] != 0).any()):
                 raise ValueError("the attention_mask marks every input position as padding: there is no token to read "
                                  "(generate() builds this mask from pad_token_id when none is passed)")
         return B, T
