@@ -164,6 +164,18 @@ def vectorize_scalars(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def freeze_idle_cms_rates(model: HopeForCausalLM, args) -> HopeForCausalLM:
+    """Freeze the learning rate (`lr_logit`) of each CMS level that never commits inside a training segment: it gets
+    no gradient, so AdamW keeps no state for it, and a sharded optimizer state (torch.distributed.checkpoint) loads
+    only when every trainable parameter has one. Training is unchanged (AdamW skips parameters without gradient)."""
+    idle = set(idle_cms_levels(model.config, args.seq_len, args.tbptt_segments))
+    for layer in model.model.layers:
+        for chunk, level in zip(model.config.cms_chunk_sizes, layer.cms):
+            if chunk in idle:
+                level.lr_logit.requires_grad_(False)
+    return model
+
+
 def gather_full_model(accelerator: Accelerator, model, config: HopeConfig) -> HopeForCausalLM | None:
     """The trained model, unsharded, on the main process (None on the others; every process must call this)."""
     full = accelerator.get_state_dict(model)  # a collective: the full state dict, on the main process
@@ -516,7 +528,7 @@ def run(args) -> Path:
     if args.activation_checkpointing:
         model.activation_checkpointing_enable()
     if args.fsdp:
-        model = FSDPUnit(vectorize_scalars(model))
+        model = FSDPUnit(vectorize_scalars(freeze_idle_cms_rates(model, args)))
     tokens_per_step = args.batch_size * args.seq_len * args.grad_accum * accelerator.num_processes
     if args.optimizer == "adamw" and not args.cms_outer_periods:
         optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95),
@@ -542,7 +554,8 @@ def run(args) -> Path:
     log = RunLog(args.output_dir / "train_log.jsonl", is_main, step if ckpt else None)
     n_params = sum(p.numel() for p in model.parameters())
     accelerator.print(f"model: Hope {args.preset}, {n_params:,} parameters, vocab {len(tok)}; "
-                      f"{accelerator.num_processes} process(es) on {accelerator.device}; train blocks "
+                      f"{accelerator.num_processes} process(es){' sharded with FSDP2' if args.fsdp else ''} on "
+                      f"{accelerator.device}; train blocks "
                       f"{blocks.num_train if blocks.num_train is not None else '(streamed)'}, val blocks "
                       f"{len(blocks.val)} of {args.seq_len}")
 
