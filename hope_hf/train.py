@@ -104,9 +104,9 @@ def check_fsdp_args(args) -> None:
                          "state_dict that sharded (torch.distributed.checkpoint) checkpoints cannot hold")
     if args.bf16 and (args.cpu or not torch.cuda.is_available()):
         raise ValueError("--fsdp --bf16 needs CUDA GPUs (FSDP2 mixed precision); on the CPU train --fsdp in float32")
-    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
-        raise ValueError("--fsdp shards over several processes: start it with `accelerate launch --num_processes N` "
-                         "(N >= 2; see examples/accelerate_fsdp2.yaml)")
+    if "WORLD_SIZE" not in os.environ:
+        raise ValueError("--fsdp shards over the processes of a distributed launch: start it with `accelerate launch "
+                         "--config_file examples/accelerate_fsdp2.yaml --num_processes N ...`")
 
 
 def fsdp_plugin() -> FullyShardedDataParallelPlugin:
@@ -127,8 +127,9 @@ def enable_fsdp_on_cpu(accelerator: Accelerator, plugin: FullyShardedDataParalle
         accelerator.state.fsdp_plugin = plugin                    # AcceleratorState() re-reads), as on a GPU
         PartialState._shared_state["distributed_type"] = DistributedType.FSDP
     if not accelerator.is_fsdp2:
-        raise ValueError(f"--fsdp needs several processes (accelerate launch --num_processes N); this run is "
-                         f"{accelerator.distributed_type.value} with {accelerator.num_processes} process(es)")
+        raise ValueError(f"--fsdp needs a distributed launch (accelerate launch --config_file "
+                         f"examples/accelerate_fsdp2.yaml ...); this run is {accelerator.distributed_type.value} with "
+                         f"{accelerator.num_processes} process(es)")
 
 
 class FSDPUnit(torch.nn.Module):
@@ -621,6 +622,8 @@ def run(args) -> Path:
         plot_losses(log.records(), args.output_dir / "loss.png")
         print(f"validation loss {val_loss:.4f}, perplexity {math.exp(val_loss):,.2f} after {step} steps, "
               f"{tokens:,} tokens")
+        if accelerator.device.type == "cuda":
+            print(f"peak GPU memory (process 0): {torch.cuda.max_memory_allocated(accelerator.device) / 2**30:.2f} GiB")
         if args.sample_tokens:
             print(f"greedy sample: {sample(model, tok, args.sample_prompt, args.sample_tokens)!r}")
         print(f"model: {final.resolve()}\nplot: {(args.output_dir / 'loss.png').resolve()}\n"

@@ -117,7 +117,7 @@ def test_fsdp_unsupported_combinations_fail_before_anything_is_written(tmp_path,
              (["--optimizer", "dmgd"], "--fsdp does not support --optimizer dmgd"),
              (["--cms-outer-periods", "4096", "65536"], "--fsdp does not support --cms-outer-periods"),
              (["--bf16", "--cpu"], "--fsdp --bf16 needs CUDA GPUs"),
-             ([], "--fsdp shards over several processes")]
+             ([], "--fsdp shards over the processes of a distributed launch")]
     for extra, message in cases:
         with pytest.raises(ValueError, match=message):
             train.main(["--fsdp", *extra, "--output-dir", str(out)])
