@@ -166,10 +166,12 @@ def vectorize_scalars(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def freeze_idle_cms_rates(model: HopeForCausalLM, args) -> HopeForCausalLM:
-    """Freeze the learning rate (`lr_logit`) of each CMS level that never commits inside a training segment: it gets
-    no gradient, so AdamW keeps no state for it, and a sharded optimizer state (torch.distributed.checkpoint) loads
-    only when every trainable parameter has one. Training is unchanged (AdamW skips parameters without gradient)."""
-    idle = set(idle_cms_levels(model.config, args.seq_len, args.tbptt_segments))
+    """Freeze the learning rate (`lr_logit`) of each CMS level that never commits inside a training block (chunk >=
+    block): it gets no gradient, so AdamW keeps no state for it, and a sharded optimizer state
+    (torch.distributed.checkpoint) loads only when every trainable parameter has one. Training is unchanged (AdamW
+    skips parameters without gradient). Per block, not per TBPTT segment: a commit at a segment boundary happens as
+    the next segment starts, and its learning rate gets a gradient there."""
+    idle = set(idle_cms_levels(model.config, args.seq_len))
     for layer in model.model.layers:
         for chunk, level in zip(model.config.cms_chunk_sizes, layer.cms):
             if chunk in idle:

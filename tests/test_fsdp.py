@@ -1,8 +1,9 @@
 """hope-hf train --fsdp: sharded training with Accelerate's FSDP2 plugin (2 CPU processes, gloo).
 
 The reference is one process on the same global batch: the corpus is cut so that the training split holds exactly
-one global batch (4 blocks), so every step of the 1-process run (batch 4) and of the 2-process run (batch 2 per
-process, each its own half) sees the same 4 blocks, and only the gradient reduction differs.
+one global batch (4 blocks), so every step of the 1-process run (batch 4) and of the 2-process run (each process its
+own 2 blocks, as 2 accumulated micro-batches of 1) sees the same 4 blocks. Both read each block in 2 TBPTT segments;
+the sharded run also recomputes activations (--activation-checkpointing).
 """
 
 import json
@@ -50,7 +51,8 @@ def data(tmp_path_factory, tokenizer, tokenizer_texts):
     assert n_val >= 2, "the corpus is too small for the test"
     opts = ["--dataset", str(corpus), "--tokenizer", str(root / "tok"), "--seq-len", "128", "--val-blocks",
             str(n_val), "--max-steps", str(STEPS), "--save-every", "2", "--eval-every", str(STEPS),
-            "--keep-checkpoints", "0", "--sample-tokens", "0", "--seed", "3", "--warmup-steps", "0"]
+            "--keep-checkpoints", "0", "--sample-tokens", "0", "--seed", "3", "--warmup-steps", "0",
+            "--tbptt-segments", "2"]
     return opts, root
 
 
@@ -83,7 +85,8 @@ def test_fsdp_two_processes_match_one_process_resume_exactly_and_final_loads(dat
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
-    proc = launch_fsdp(tmp_path, *opts, "--batch-size", GLOBAL_BATCH // 2, "--output-dir", sharded)
+    sharded_opts = [*opts, "--batch-size", 1, "--grad-accum", GLOBAL_BATCH // 2, "--activation-checkpointing"]
+    proc = launch_fsdp(tmp_path, *sharded_opts, "--output-dir", sharded)
     assert "2 process(es) sharded with FSDP2" in proc.stdout
 
     one, two = losses(ref), losses(sharded)
@@ -97,8 +100,7 @@ def test_fsdp_two_processes_match_one_process_resume_exactly_and_final_loads(dat
     ckpt = sharded / "checkpoints" / "step-00000002"
     assert {"pytorch_model_fsdp_0", "optimizer_0", "random_states_1.pkl"} <= {p.name for p in ckpt.iterdir()}
 
-    launch_fsdp(tmp_path, *opts, "--batch-size", GLOBAL_BATCH // 2, "--output-dir", resumed,
-                "--resume-from-checkpoint", ckpt)
+    launch_fsdp(tmp_path, *sharded_opts, "--output-dir", resumed, "--resume-from-checkpoint", ckpt)
     after = losses(resumed)
     assert sorted(after) == list(range(3, STEPS + 1))
     assert [after[s] for s in after] == [two[s] for s in after]  # bit-identical continuation
