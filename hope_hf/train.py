@@ -517,11 +517,12 @@ def run(args) -> Path:
     resumed = json.loads((ckpt / STATE_FILE).read_text()) if ckpt else None
     run_args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     run_args["world_size"] = accelerator.num_processes
-    if resumed and bool(resumed["args"].get("fsdp")) != args.fsdp:
+    saved_args = {"fsdp": False, **resumed["args"]} if resumed else {}  # checkpoints from before --fsdp: False
+    if resumed and saved_args["fsdp"] != args.fsdp:
         raise ValueError(f"checkpoint {ckpt} was written {'without' if args.fsdp else 'with'} --fsdp: "
                          f"resume it the same way (sharded and unsharded checkpoints differ)")
     if resumed:
-        changed = [k for k in _RESUME_KEYS if resumed["args"].get(k, False) != run_args[k]]
+        changed = [k for k in _RESUME_KEYS if saved_args.get(k) != run_args[k]]
         if changed:
             accelerator.print(f"warning: {', '.join(changed)} differ from the checkpoint: the resumed run will not "
                               f"reproduce the original one")

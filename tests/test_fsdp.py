@@ -69,6 +69,15 @@ def launch_fsdp(tmp: Path, *argv) -> subprocess.CompletedProcess:
     return proc
 
 
+def train_here(*argv):
+    """`hope_hf.train.main` in this process (one process, no sharding), with Accelerate's singletons reset after."""
+    try:
+        return train.main(list(map(str, argv)))
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+
 def logits(path: Path, ids: torch.Tensor) -> torch.Tensor:
     model, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True)
     assert not any(info.values()), info  # no missing / unexpected / mismatched keys: the full state was gathered
@@ -80,11 +89,7 @@ def logits(path: Path, ids: torch.Tensor) -> torch.Tensor:
 def test_fsdp_two_processes_match_one_process_resume_exactly_and_final_loads(data, tmp_path):
     opts, _ = data
     ref, sharded, resumed = tmp_path / "ref", tmp_path / "sharded", tmp_path / "resumed"
-    try:  # one process, no sharding
-        train.main([*opts, "--batch-size", str(GLOBAL_BATCH), "--output-dir", str(ref)])
-    finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
+    train_here(*opts, "--batch-size", GLOBAL_BATCH, "--output-dir", ref)
     sharded_opts = [*opts, "--batch-size", 1, "--grad-accum", GLOBAL_BATCH // 2, "--activation-checkpointing"]
     proc = launch_fsdp(tmp_path, *sharded_opts, "--output-dir", sharded)
     assert "2 process(es) sharded with FSDP2" in proc.stdout
@@ -100,6 +105,10 @@ def test_fsdp_two_processes_match_one_process_resume_exactly_and_final_loads(dat
     ckpt = sharded / "checkpoints" / "step-00000002"
     assert {"pytorch_model_fsdp_0", "optimizer_0", "random_states_1.pkl"} <= {p.name for p in ckpt.iterdir()}
 
+    with pytest.raises(ValueError, match="was written with --fsdp: resume it the same way"):
+        train_here(*opts, "--batch-size", GLOBAL_BATCH, "--output-dir", tmp_path / "unsharded",
+                   "--resume-from-checkpoint", ckpt)
+    assert not (tmp_path / "unsharded").exists()
     launch_fsdp(tmp_path, *sharded_opts, "--output-dir", resumed, "--resume-from-checkpoint", ckpt)
     after = losses(resumed)
     assert sorted(after) == list(range(3, STEPS + 1))
