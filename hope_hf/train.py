@@ -97,11 +97,13 @@ def check_fsdp_args(args) -> None:
         return
     if args.optimizer != "adamw":
         raise ValueError(f"--fsdp does not support --optimizer {args.optimizer}: M3 orthogonalises whole matrices "
-                         "(Newton-Schulz) and DMGD's memories read whole-tensor statistics, which FSDP shards do not "
-                         "hold; use --optimizer adamw")
+                         "(Newton-Schulz) and DMGD keeps per-tensor memories, and neither is written for FSDP's sharded "
+                         "parameters (tried: M3 runs but diverges from the unsharded result, DMGD fails); use "
+                         "--optimizer adamw")
     if args.cms_outer_periods:
-        raise ValueError("--fsdp does not support --cms-outer-periods: its MultiFrequency optimizer wrapper has a "
-                         "state_dict that sharded (torch.distributed.checkpoint) checkpoints cannot hold")
+        raise ValueError("--fsdp does not support --cms-outer-periods: its multi-frequency optimizer groups are built "
+                         "from the unsharded Hope model and its MultiFrequency wrapper's state is not one that sharded "
+                         "(torch.distributed.checkpoint) checkpoints hold")
     if args.bf16 and (args.cpu or not torch.cuda.is_available()):
         raise ValueError("--fsdp --bf16 needs CUDA GPUs (FSDP2 mixed precision); on the CPU train --fsdp in float32")
     if "WORLD_SIZE" not in os.environ:
