@@ -97,9 +97,9 @@ def check_fsdp_args(args) -> None:
         return
     if args.optimizer != "adamw":
         raise ValueError(f"--fsdp does not support --optimizer {args.optimizer}: M3 orthogonalises whole matrices "
-                         "(Newton-Schulz) and DMGD keeps per-tensor memories, and neither is written for FSDP's sharded "
-                         "parameters (tried: M3 runs but diverges from the unsharded result, DMGD fails); use "
-                         "--optimizer adamw")
+                         "(Newton-Schulz) and DMGD keeps per-tensor memories, and neither is written for FSDP's "
+                         "sharded parameters (tried: M3 runs but diverges from the unsharded result, DMGD fails); "
+                         "use --optimizer adamw")
     if args.cms_outer_periods:
         raise ValueError("--fsdp does not support --cms-outer-periods: its multi-frequency optimizer groups are built "
                          "from the unsharded Hope model and its MultiFrequency wrapper's state is not one that sharded "
