@@ -152,6 +152,9 @@ def train_parser() -> argparse.ArgumentParser:
     a("--gradient-checkpointing", "--activation-checkpointing", dest="activation_checkpointing",
       action="store_true", help="recompute activations in the backward pass (less memory)")
     a("--tbptt-segments", type=int, default=1, help="split each block into K segments, carrying the memory")
+    a("--fsdp", action="store_true",
+      help="shard parameters, gradients and optimizer state over the processes (Accelerate FSDP2; needs "
+           "`accelerate launch` and AdamW; see README 'Training on many GPUs')")
     a("--seed", type=int, default=0, help="seed of the model init, data order and BPE")
     a("--use-cpu", "--cpu", dest="cpu", action="store_true", help="train on the CPU even if CUDA is available")
     a = p.add_argument_group("logging and checkpoints").add_argument

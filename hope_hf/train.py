@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator, DistributedDataParallelKwargs
-from accelerate.utils import set_seed
+from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, set_seed
 from safetensors import SafetensorError
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
@@ -41,7 +41,7 @@ STATE_FILE = "trainer_state.json"
 # training arguments a resumed run must share with the checkpoint to continue exactly
 _RESUME_KEYS = ("dataset", "dataset_config", "split", "text_column", "streaming", "seq_len", "batch_size",
                 "grad_accum", "seed", "tbptt_segments", "val_fraction", "val_blocks", "world_size", "optimizer",
-                "cms_outer_periods")
+                "cms_outer_periods", "fsdp")
 
 
 def build_parser():
@@ -58,8 +58,12 @@ def make_accelerator(args) -> Accelerator:
     if args.bf16 and not bf16:
         print("warning: bf16 is not supported on this device; training in float32")
     ddp = DistributedDataParallelKwargs(find_unused_parameters=has_unused_parameters(args))
-    return Accelerator(cpu=cpu, mixed_precision="bf16" if bf16 else "no",
-                       gradient_accumulation_steps=args.grad_accum, kwargs_handlers=[ddp])
+    plugin = fsdp_plugin() if args.fsdp else None
+    accelerator = Accelerator(cpu=cpu, mixed_precision="bf16" if bf16 else "no",
+                              gradient_accumulation_steps=args.grad_accum, kwargs_handlers=[ddp], fsdp_plugin=plugin)
+    if plugin is not None:
+        enable_fsdp_on_cpu(accelerator, plugin)
+    return accelerator
 
 
 def has_unused_parameters(args) -> bool:
@@ -78,7 +82,115 @@ def validate_args(args) -> None:
     if not 0 < args.val_fraction < 1:
         raise ValueError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
     check_seq_len(HopeConfig.from_preset(args.preset), args.seq_len, args.tbptt_segments)
+    check_fsdp_args(args)
     check_writable_dir(args.output_dir)
+
+
+# -- sharded training (FSDP2) ------------------------------------------------------------------------------------
+
+def check_fsdp_args(args) -> None:
+    """Refuse the --fsdp combinations that cannot work, and an FSDP launch without --fsdp (before anything runs)."""
+    if not args.fsdp:
+        if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+            raise ValueError("this launch turns FSDP on (ACCELERATE_USE_FSDP, e.g. an Accelerate config with "
+                             "distributed_type: FSDP): pass --fsdp to hope-hf train as well")
+        return
+    if args.optimizer != "adamw":
+        raise ValueError(f"--fsdp does not support --optimizer {args.optimizer}: M3 orthogonalises whole matrices "
+                         "(Newton-Schulz) and DMGD keeps per-tensor memories, and neither is written for FSDP's "
+                         "sharded parameters (tried: M3 runs but diverges from the unsharded result, DMGD fails); "
+                         "use --optimizer adamw")
+    if args.cms_outer_periods:
+        raise ValueError("--fsdp does not support --cms-outer-periods: its multi-frequency optimizer groups are built "
+                         "from the unsharded Hope model and its MultiFrequency wrapper's state is not one that sharded "
+                         "(torch.distributed.checkpoint) checkpoints hold")
+    if args.bf16 and (args.cpu or not torch.cuda.is_available()):
+        raise ValueError("--fsdp --bf16 needs CUDA GPUs (FSDP2 mixed precision); on the CPU train --fsdp in float32")
+    if "WORLD_SIZE" not in os.environ:
+        raise ValueError("--fsdp shards over the processes of a distributed launch: start it with `accelerate launch "
+                         "--config_file examples/accelerate_fsdp2.yaml --num_processes N ...`")
+
+
+def fsdp_plugin() -> FullyShardedDataParallelPlugin:
+    """Accelerate's FSDP2 plugin for Hope: the model (see `FSDPUnit`) is one FSDP unit, checkpoints are sharded
+    (torch.distributed.checkpoint through `save_state`/`load_state`). Every field is set here, so an Accelerate
+    config's fsdp_* entries cannot change what was tested; mixed precision follows --bf16."""
+    return FullyShardedDataParallelPlugin(
+        fsdp_version=2, auto_wrap_policy="NO_WRAP", reshard_after_forward=True, state_dict_type="SHARDED_STATE_DICT",
+        activation_checkpointing=False, cpu_offload=False, cpu_ram_efficient_loading=False)
+
+
+def enable_fsdp_on_cpu(accelerator: Accelerator, plugin: FullyShardedDataParallelPlugin) -> None:
+    """Accelerate 1.15 turns FSDP on only for accelerator devices (`AcceleratorState`: MULTI_GPU, ...); a CPU run
+    (gloo) stays MULTI_CPU and would silently fall back to DDP. FSDP2 itself runs on CPU with gloo, so the state is
+    switched to FSDP here; from then on Accelerate's own FSDP2 code prepares, checkpoints and gathers."""
+    if accelerator.distributed_type == DistributedType.MULTI_CPU:
+        accelerator.state.distributed_type = DistributedType.FSDP  # AcceleratorState, and PartialState (which
+        accelerator.state.fsdp_plugin = plugin                    # AcceleratorState() re-reads), as on a GPU
+        PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    if not accelerator.is_fsdp2:
+        raise ValueError(f"--fsdp needs a distributed launch (accelerate launch --config_file "
+                         f"examples/accelerate_fsdp2.yaml ...); this run is {accelerator.distributed_type.value} with "
+                         f"{accelerator.num_processes} process(es)")
+
+
+class FSDPUnit(torch.nn.Module):
+    """The causal LM as the only child of a plain module, so that Accelerate's FSDP2 preparation makes ONE FSDP unit
+    of it: every parameter (all HopeBlocks, embeddings, head) is sharded over the processes at rest, with its
+    gradient and optimizer state, and gathered for the forward and backward of a step.
+
+    Smaller units (Accelerate's default: each HopeBlock, and embeddings + final norm + head) cannot run Hope: its
+    forward reads parameters outside the forward of the module holding them (the CMS teach signals read the LM head
+    and final norm, CMS commits read each level's theta_0 and eta, `init_state` reads the memories' initial states),
+    where FSDP2 holds only a local shard. Accelerate carves out the embeddings, head and final norm of any model that
+    exposes `get_input_embeddings`/`base_model_prefix`; this wrapper does not."""
+
+    def __init__(self, lm: HopeForCausalLM):
+        super().__init__()
+        self.lm = lm
+
+    @property
+    def config(self):
+        return self.lm.config
+
+    def forward(self, *args, **kwargs):
+        return self.lm(*args, **kwargs)
+
+
+def vectorize_scalars(model: torch.nn.Module) -> torch.nn.Module:
+    """FSDP2 cannot shard 0-d parameters (each CMS level's `lr_logit`): make them 1-element vectors (the same values;
+    they only enter by broadcasting). `gather_full_model` restores the shapes."""
+    for module in model.modules():
+        for name, p in list(module.named_parameters(recurse=False)):
+            if p.dim() == 0:
+                setattr(module, name, torch.nn.Parameter(p.detach().reshape(1), requires_grad=p.requires_grad))
+    return model
+
+
+def freeze_idle_cms_rates(model: HopeForCausalLM, args) -> HopeForCausalLM:
+    """Freeze the learning rate (`lr_logit`) of each CMS level that never commits inside a training block (chunk >=
+    block): it gets no gradient, so AdamW keeps no state for it, and a sharded optimizer state
+    (torch.distributed.checkpoint) loads only when every trainable parameter has one. Training is unchanged (AdamW
+    skips parameters without gradient). Per block, not per TBPTT segment: a commit at a segment boundary happens as
+    the next segment starts, and its learning rate gets a gradient there."""
+    idle = set(idle_cms_levels(model.config, args.seq_len))
+    for layer in model.model.layers:
+        for chunk, level in zip(model.config.cms_chunk_sizes, layer.cms):
+            if chunk in idle:
+                level.lr_logit.requires_grad_(False)
+    return model
+
+
+def gather_full_model(accelerator: Accelerator, model, config: HopeConfig) -> HopeForCausalLM | None:
+    """The trained model, unsharded, on the main process (None on the others; every process must call this)."""
+    full = accelerator.get_state_dict(model)  # a collective: the full state dict, on the main process
+    if not accelerator.is_main_process:
+        return None
+    lm = HopeForCausalLM(config)
+    shapes = lm.state_dict()
+    lm.load_state_dict({k: v.reshape(shapes[k].shape) for k, v in
+                        ((k.removeprefix("lm."), v) for k, v in full.items())})
+    return lm.to(accelerator.device)
 
 
 def find_checkpoint(output_dir: Path, spec: str | None) -> Path | None:
@@ -203,11 +315,17 @@ def evaluate(model, val: torch.Tensor, batch_size: int, accelerator: Accelerator
     model.eval()
     shard = val[accelerator.process_index:: accelerator.num_processes]
     sums = torch.zeros(2, device=accelerator.device)
+    # the same number of forwards on every process (FSDP gathers the parameters in each); a process with no blocks
+    # left scores one block and does not count it
+    n_batches = math.ceil(math.ceil(len(val) / accelerator.num_processes) / batch_size)
     with accelerator.autocast():
-        for i in range(0, len(shard), batch_size):
+        for i in range(0, n_batches * batch_size, batch_size):
             b = shard[i: i + batch_size].to(accelerator.device)
+            n = len(b)
+            if n == 0:
+                b = val[:1].to(accelerator.device)
             loss = model(input_ids=b, labels=b, use_cache=False).loss.float()
-            sums += torch.stack([loss * len(b), torch.tensor(float(len(b)), device=sums.device)])
+            sums += torch.stack([loss * n, torch.tensor(float(n), device=sums.device)])
     sums = accelerator.reduce(sums, "sum")
     model.train(was_training)
     return (sums[0] / sums[1]).item()
@@ -220,8 +338,11 @@ def batch_hash(batch: torch.Tensor) -> int:
 
 def params_hash(model) -> int:
     """A 62-bit hash of all parameter values (equal across data-parallel ranks when they stay in sync)."""
+    from torch.distributed.tensor import DTensor
+
     h = hashlib.sha256()
     for p in model.parameters():
+        p = p.full_tensor() if isinstance(p, DTensor) else p  # FSDP shards: gathered (a collective)
         h.update(p.detach().float().cpu().numpy().tobytes())
     return int.from_bytes(h.digest()[:8], "little") >> 2
 
@@ -398,8 +519,12 @@ def run(args) -> Path:
     resumed = json.loads((ckpt / STATE_FILE).read_text()) if ckpt else None
     run_args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     run_args["world_size"] = accelerator.num_processes
+    saved_args = {"fsdp": False, **resumed["args"]} if resumed else {}  # checkpoints from before --fsdp: False
+    if resumed and saved_args["fsdp"] != args.fsdp:
+        raise ValueError(f"checkpoint {ckpt} was written {'without' if args.fsdp else 'with'} --fsdp: "
+                         f"resume it the same way (sharded and unsharded checkpoints differ)")
     if resumed:
-        changed = [k for k in _RESUME_KEYS if resumed["args"].get(k) != run_args[k]]
+        changed = [k for k in _RESUME_KEYS if saved_args.get(k) != run_args[k]]
         if changed:
             accelerator.print(f"warning: {', '.join(changed)} differ from the checkpoint: the resumed run will not "
                               f"reproduce the original one")
@@ -408,6 +533,8 @@ def run(args) -> Path:
     model = HopeForCausalLM(config)
     if args.activation_checkpointing:
         model.activation_checkpointing_enable()
+    if args.fsdp:
+        model = FSDPUnit(vectorize_scalars(freeze_idle_cms_rates(model, args)))
     tokens_per_step = args.batch_size * args.seq_len * args.grad_accum * accelerator.num_processes
     if args.optimizer == "adamw" and not args.cms_outer_periods:
         optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95),
@@ -433,7 +560,8 @@ def run(args) -> Path:
     log = RunLog(args.output_dir / "train_log.jsonl", is_main, step if ckpt else None)
     n_params = sum(p.numel() for p in model.parameters())
     accelerator.print(f"model: Hope {args.preset}, {n_params:,} parameters, vocab {len(tok)}; "
-                      f"{accelerator.num_processes} process(es) on {accelerator.device}; train blocks "
+                      f"{accelerator.num_processes} process(es){' sharded with FSDP2' if args.fsdp else ''} on "
+                      f"{accelerator.device}; train blocks "
                       f"{blocks.num_train if blocks.num_train is not None else '(streamed)'}, val blocks "
                       f"{len(blocks.val)} of {args.seq_len}")
 
@@ -492,12 +620,15 @@ def run(args) -> Path:
         val_loss = evaluate(model, blocks.val, args.batch_size, accelerator)
 
     final = args.output_dir / "final"
+    full = gather_full_model(accelerator, model, config) if args.fsdp else None
     if is_main:
-        model = accelerator.unwrap_model(model)
+        model = full if args.fsdp else accelerator.unwrap_model(model)
         final = save_final(model, tok, args, val_loss, tokens)
         plot_losses(log.records(), args.output_dir / "loss.png")
         print(f"validation loss {val_loss:.4f}, perplexity {math.exp(val_loss):,.2f} after {step} steps, "
               f"{tokens:,} tokens")
+        if accelerator.device.type == "cuda":
+            print(f"peak GPU memory (process 0): {torch.cuda.max_memory_allocated(accelerator.device) / 2**30:.2f} GiB")
         if args.sample_tokens:
             print(f"greedy sample: {sample(model, tok, args.sample_prompt, args.sample_tokens)!r}")
         print(f"model: {final.resolve()}\nplot: {(args.output_dir / 'loss.png').resolve()}\n"
