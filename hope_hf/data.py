@@ -53,14 +53,14 @@ def check_seq_len(config, seq_len: int, segments: int = 1) -> None:
             f"({what} = {unit}{hint}), e.g. {unit * segments * max(1, seq_len // (unit * segments))}")
 
 
-def idle_cms_levels(config, seq_len: int, segments: int = 1) -> list[int]:
-    """The CMS chunk sizes that never commit while training on `seq_len`-token blocks cut into `segments` pieces.
+def idle_cms_levels(config, seq_len: int) -> list[int]:
+    """The CMS chunk sizes that never commit while training on `seq_len`-token blocks.
 
-    A level's chunk [s, s + C) is committed when position s + C is read, so a level commits inside a segment of n
+    A level's chunk [s, s + C) is committed when position s + C is read, so a level commits inside a block of n
     tokens only if C < n; otherwise its fast weights stay theta_0 and its learning rate gets no gradient in training,
-    although the level does commit at inference on longer texts."""
-    n = seq_len // max(segments, 1)
-    return [C for C in config.cms_chunk_sizes if C >= n]
+    although the level does commit at inference on longer texts. TBPTT segments do not change this: the token count
+    runs on across a block's segments, and a commit at a segment's first position is on that segment's graph."""
+    return [C for C in config.cms_chunk_sizes if C >= seq_len]
 
 
 def _offline() -> bool:

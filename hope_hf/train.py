@@ -565,12 +565,11 @@ def run(args) -> Path:
                       f"{blocks.num_train if blocks.num_train is not None else '(streamed)'}, val blocks "
                       f"{len(blocks.val)} of {args.seq_len}")
 
-    idle = idle_cms_levels(config, args.seq_len, args.tbptt_segments)
+    idle = idle_cms_levels(config, args.seq_len)
     if idle:
-        seg = args.seq_len // args.tbptt_segments
-        accelerator.print(f"warning: the CMS level(s) with chunk {idle} never commit inside a {seg}-token training "
-                          f"segment, so their learning rate is not trained (they do commit at inference on longer "
-                          f"texts); use --block-size > {max(idle) * args.tbptt_segments} to train them")
+        accelerator.print(f"warning: the CMS level(s) with chunk {idle} never commit inside a {args.seq_len}-token "
+                          f"training block, so their learning rate is not trained (they do commit at inference on "
+                          f"longer texts); use --block-size > {max(idle)} to train them")
     if ckpt is None:  # the untrained model's validation loss, for the log and the plot
         val0 = evaluate(model, blocks.val, args.batch_size, accelerator)
         log.write(step=0, val_loss=val0, val_ppl=math.exp(val0))
