@@ -13,6 +13,7 @@ and prints a markdown table.
 """
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
@@ -251,7 +252,10 @@ def main(argv=None):
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU)")
     parser.add_argument("--name", default="speed", help="result file name")
     parser.add_argument("--no-reference", action="store_true", help="skip the fast-vs-reference comparison")
+    parser.add_argument("--threads", type=int, help="torch threads (default: BENCH_THREADS, else cores - 1)")
     args = parser.parse_args(argv)
+    if args.threads:
+        os.environ["BENCH_THREADS"] = str(args.threads)               # read by common.Run
     args.out = args.out or (QUICK_RESULTS if args.quick else RESULTS)
     kw = dict(QUICK) if args.quick else {}
     kw.update({k: v for k, v in (("presets", args.presets and tuple(args.presets)),

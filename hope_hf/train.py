@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 
 from hope_hf import HopeCache, HopeConfig, HopeForCausalLM
-from hope_hf.cli import check_writable_dir, one_line, train_parser, writing
+from hope_hf.cli import check_writable_dir, one_line, train_parser, use_threads, writing
 from hope_hf.data import (check_seq_len, check_text_column, idle_cms_levels, iter_batches, load_text_dataset,
                           prepare_blocks)
 from hope_hf.modeling_hope import CACHE_FIELD
@@ -376,6 +376,9 @@ def main(argv: list[str] | None = None) -> Path:
 
 def run(args) -> Path:
     """Train with parsed options (see `hope_hf.cli.train_parser`); returns the final `save_pretrained` directory."""
+    threads = use_threads(args.threads)
+    if int(os.environ.get("RANK") or 0) == 0:                      # the main process (accelerate/torchrun set RANK)
+        print(threads, flush=True)
     validate_args(args)
     accelerator = make_accelerator(args)
     is_main = accelerator.is_main_process
