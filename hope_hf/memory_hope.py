@@ -219,7 +219,8 @@ def memory_update(state, k, vhat, eta, log_alpha, log_beta, mask, objective, use
         else:
             rho = eta_m if use_dgd else None
             gates = chunk_gates(log_alpha, log_beta, _write(mask, k.dtype), rho)
-            E1, E2 = -eta_m.unsqueeze(-1) * d1, -eta_m.unsqueeze(-1) * d2
+            neg_eta = -eta_m.unsqueeze(-1)
+            E1, E2 = neg_eta * d1, neg_eta * d2
             # layer 2 first: its in-chunk reads W2_{t-1} q_t give layer 1's read inputs n(silu(W2_{t-1} q_t))
             new["W2"], S2, r2 = dgd_chunk(state["W2"], state.get("S2"), k, E2, rho, None, gates=gates, X=query)
             nq = None if query is None else _unit(F.silu(r2))[0]
@@ -302,12 +303,13 @@ def projection_memories(params, state, u, mask, offset, cfg, reference=False):
     writes (k_t, M_box(v_t)). Returns (k, v, q or None, eta, log_alpha, new_state); k and q are L2-normalised."""
     chunk, eta_max = cfg["projection_chunk_size"], cfg["memory_lr_max"]
     outs = []
+    alpha_w, alpha_b, eta_w, eta_b = (params[name][:, None] for name in ("alpha_w", "alpha_b", "eta_w", "eta_b"))
     for f, f_end in _column_ranges(u.shape[3], offset, chunk, reference):
         x = u[:, :, :, f:f_end]
         r = mlp_memory(state["W1r"], state["W2r"], x)                            # [B, H, n, c, d]
         k, v = F.normalize(r[:, :, 0], dim=-1), r[:, :, 1]
-        log_alpha = F.logsigmoid((r[:, :, 3] * params["alpha_w"][:, None]).sum(-1) + params["alpha_b"][:, None])
-        gate = torch.sigmoid((r[:, :, 2] * params["eta_w"][:, None]).sum(-1) + params["eta_b"][:, None])
+        log_alpha = F.logsigmoid((r[:, :, 3] * alpha_w).sum(-1) + alpha_b)
+        gate = torch.sigmoid((r[:, :, 2] * eta_w).sum(-1) + eta_b)
         eta = torch.minimum(eta_max * gate, (1 + log_alpha.exp()) / 2)          # |alpha - 2 eta| <= 1 (A6)
         q = F.normalize(r[:, :, 4], dim=-1) if r.shape[2] > 4 else None
         vhat = mlp_memory(state["W1r"], state["W2r"], v.unsqueeze(2))           # self-generated values (Eq. 87)
