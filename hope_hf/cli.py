@@ -185,6 +185,8 @@ def train_parser() -> argparse.ArgumentParser:
     a("--gradient-checkpointing", "--activation-checkpointing", dest="activation_checkpointing",
       action="store_true", help="recompute activations in the backward pass (less memory)")
     a("--tbptt-segments", type=int, default=1, help="split each block into K segments, carrying the memory")
+    a("--compile", action="store_true",
+      help="torch.compile the training forward + backward (the first step compiles; evaluation stays eager)")
     a("--seed", type=int, default=0, help="seed of the model init, data order and BPE")
     a("--use-cpu", "--cpu", dest="cpu", action="store_true", help="train on the CPU even if CUDA is available")
     a("--threads", type=_arg_type(positive_int), metavar="N", default=None,

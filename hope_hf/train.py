@@ -78,6 +78,9 @@ def validate_args(args) -> None:
     if not 0 < args.val_fraction < 1:
         raise ValueError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
     check_seq_len(HopeConfig.from_preset(args.preset), args.seq_len, args.tbptt_segments)
+    if getattr(args, "compile", False) and args.tbptt_segments > 1:
+        raise ValueError("--compile needs --tbptt-segments 1: a carried memory makes the model read its token counts "
+                         "(graph breaks)")
     check_writable_dir(args.output_dir)
 
 
@@ -423,6 +426,8 @@ def run(args) -> Path:
     warmup = args.warmup_steps if args.warmup_steps is not None else max(1, args.max_steps // 10)
     scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, args.max_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
+    # the compiled module shares the parameters; evaluation, sampling and saving use the eager `model`
+    train_model = torch.compile(model) if args.compile else model
     accelerator.register_for_checkpointing(scheduler)  # stepped by us once per optimizer step
 
     step, tokens, elapsed = 0, 0, 0.0
@@ -463,7 +468,7 @@ def run(args) -> Path:
                     hashes = accelerator.gather(torch.tensor([batch_hash(batch)], device=accelerator.device))
                     log.write(step=step + 1, batch_hashes=hashes.tolist())
                 with accelerator.accumulate(model):
-                    loss += forward_backward(model, batch, args.tbptt_segments, accelerator) / args.grad_accum
+                    loss += forward_backward(train_model, batch, args.tbptt_segments, accelerator) / args.grad_accum
             loss = accelerator.reduce(loss, "mean").item()
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)  # before clipping
             if error := divergence(step + 1, loss, float(grad_norm), args):

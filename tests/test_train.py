@@ -167,3 +167,19 @@ def test_cli_dispatches_and_reports_bad_input_in_one_line(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["fly"])
     assert exit_info.value.code == 2 and "usage: hope-hf {train,generate}" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_compile_trains_like_eager(tmp_path):
+    """`--compile` (torch.compile of the training forward + backward) logs eager's first-step loss and grad norm."""
+    logs = {}
+    for flag in ([], ["--compile"]):
+        out = tmp_path / ("compiled" if flag else "eager")
+        run_train(*flag, "--max-steps", 1, "--eval-every", 1, "--save-every", 0, "--output-dir", out)
+        logs[bool(flag)] = (records(out, "loss")[1], records(out, "grad_norm")[1])
+    assert abs(logs[True][0] - logs[False][0]) <= 1e-5 and abs(logs[True][1] - logs[False][1]) <= 1e-3, logs
+
+
+def test_compile_refuses_tbptt_segments(tmp_path):
+    with pytest.raises(ValueError, match="--compile needs --tbptt-segments 1"):
+        run_train("--compile", "--tbptt-segments", 2, "--output-dir", tmp_path / "out")
