@@ -21,6 +21,7 @@ from tqdm import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from hope_hf import HopeConfig, HopeForCausalLM
+from hope_hf.cli import use_threads
 from hope_hf.corpus import stdlib_code_text, stdlib_docs_text
 from hope_hf.tokenizer import train_bpe_tokenizer
 
@@ -55,12 +56,12 @@ def busy_cpu_s() -> tuple[float, float] | None:
 class Run:
     """Wall time and the CPU cores other processes kept busy during a benchmark (should be ~0 for timings).
 
-    `BENCH_THREADS=n` in the environment sets torch's thread count first (oversubscribed cores slow Hope's many small
-    ops down 10-100x, so use 1 when benchmarks that do not report timings share the machine)."""
+    Sets torch's thread count first: `BENCH_THREADS=n` in the environment (or a benchmark's `--threads`), else
+    `threads`, else `hope_hf.cli.default_threads()` (cores - 1: oversubscribed cores slow Hope's many small ops down 10-100x, README
+    "Threads"); the choice is printed."""
 
-    def __init__(self):
-        if os.environ.get("BENCH_THREADS"):  # e.g. 1 when several benchmarks share the cores
-            torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
+    def __init__(self, threads: int | None = None):
+        print(use_threads(int(os.environ["BENCH_THREADS"]) if os.environ.get("BENCH_THREADS") else threads))
         self.machine = machine_info()
         self.start, self.busy = time.perf_counter(), busy_cpu_s()
 

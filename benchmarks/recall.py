@@ -218,7 +218,7 @@ def run(quick: bool = False, out=common.RESULTS, seed: int = 0, **overrides) -> 
 
 
 def _run(quick: bool, out, seed: int, s: dict) -> dict:
-    bench = common.Run()  # honours BENCH_THREADS
+    bench = common.Run(threads=1)  # honours BENCH_THREADS
     L = s["seq_len"]
     lengths = [L * m for m in s["multiples"]]
     config = HopeConfig.from_preset("tiny", vocab_size=VOCAB_SIZE, pad_token_id=PAD, bos_token_id=BOS,

@@ -13,6 +13,7 @@ and prints a markdown table.
 """
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
@@ -71,6 +72,28 @@ def count_flops(fn) -> int:
     with FlopCounterMode(display=False) as counter:
         fn()
     return int(counter.get_total_flops())
+
+
+def aten_calls(model, seq_len: int, batch_size: int = 1, device="cpu") -> dict:
+    """aten operator calls of one forward + backward (next-token loss) after a warm-up call, counted by
+    torch.profiler: every `aten::` event (calls made inside other aten ops included, the issue's measure) and the
+    top-level ones (made from Python or autograd), each per token of the batch."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model.train()
+    ids = torch.randint(3, model.config.vocab_size, (batch_size, seq_len), device=device)
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    events = [e for e in prof.events() if e.name.startswith("aten::")]
+    top = [e for e in events if not (e.cpu_parent is not None and e.cpu_parent.name.startswith("aten::"))]
+    n = batch_size * seq_len
+    return {"aten_calls_per_token": len(events) / n, "aten_top_level_calls_per_token": len(top) / n}
 
 
 def train_throughput(model, seq_len: int, batch_size: int, iters: int, budget_s: float, device="cpu",
@@ -161,13 +184,15 @@ def plot(rows: list[dict], path: Path):
 def markdown(results: dict) -> str:
     peak = results["matmul_peak"]
     header = ("| preset | tokens | Hope params | Llama params | Hope tok/s | Llama tok/s | Hope / Llama "
-              "| Hope % of peak | Llama % of peak |")
-    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
+              "| Hope % of peak | Llama % of peak | Hope / Llama aten calls per token |")
+    lines = [header, "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["throughput"]:
         h, l_ = r["hope"], r["llama"]
         lines.append(f"| {r['preset']} | {r['seq_len_tokens']} | {h['params'] / 1e6:.2f}M | {l_['params'] / 1e6:.2f}M "
                      f"| {h['tokens_per_s']:,.0f} | {l_['tokens_per_s']:,.0f} | {r['hope_over_llama_tokens_per_s']:.3f}x "
-                     f"| {h['fraction_of_matmul_peak']:.1%} | {l_['fraction_of_matmul_peak']:.1%} |")
+                     f"| {h['fraction_of_matmul_peak']:.1%} | {l_['fraction_of_matmul_peak']:.1%} | "
+                     + (f"{h['aten_calls_per_token']:.0f} / {l_['aten_calls_per_token']:.1f} |"
+                        if "aten_calls_per_token" in h else "- |"))
     t = results["targets"]
     lines.append(f"\nMeasured dense-matmul peak: {peak['flops_per_s'] / 1e9:,.1f} GFLOP/s ({peak['dtype']}, "
                  f"{peak['n']}x{peak['n']}). Targets: Hope / Llama >= {t['hope_over_llama_tokens_per_s_at_2048']} at "
@@ -191,11 +216,12 @@ def markdown(results: dict) -> str:
 
 def run(presets=("tiny", "small"), lengths=(512, 2048, 8192), ref_len=1024, iters=3, budget_s=60.0, batch_size=1,
         out="benchmarks/results", quick=False, device="cpu", autocast_dtype=None, name="speed",
-        reference=True, skip=None) -> dict:
+        reference=True, skip=None, aten_max_len=2048) -> dict:
     """Run every case, write `<out>/<name>.json` and `<out>/<name>.png`, return the results.
 
     Each model's FLOPs are counted in the untimed warm-up call at every length; `peak` is a dense matmul measured
-    in the same run, in the dtype the models compute in (float32, or `autocast_dtype`)."""
+    in the same run, in the dtype the models compute in (float32, or `autocast_dtype`). aten calls per token
+    (`aten_calls`) are counted at lengths <= `aten_max_len` (the profiler keeps every event in memory)."""
     bench = Run()
     peak = matmul_peak_flops(device, autocast_dtype or torch.float32)
     skip = SKIP if skip is None and torch.device(device).type == "cpu" else (skip or {})
@@ -216,6 +242,8 @@ def run(presets=("tiny", "small"), lengths=(512, 2048, 8192), ref_len=1024, iter
                 cfg = model.config
                 r = train_throughput(model, seq_len, batch_size, iters, budget_s, device, autocast_dtype)
                 r["fraction_of_matmul_peak"] = r["achieved_flops_per_s"] / peak["flops_per_s"]
+                if seq_len <= aten_max_len:
+                    r.update(aten_calls(model, seq_len, batch_size, device))
                 row[key] = {"params": n_params(model), "hidden_size": cfg.hidden_size,
                             "num_hidden_layers": cfg.num_hidden_layers, "vocab_size": cfg.vocab_size,
                             "tie_word_embeddings": cfg.tie_word_embeddings,
@@ -251,7 +279,10 @@ def main(argv=None):
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU)")
     parser.add_argument("--name", default="speed", help="result file name")
     parser.add_argument("--no-reference", action="store_true", help="skip the fast-vs-reference comparison")
+    parser.add_argument("--threads", type=int, help="torch threads (default: BENCH_THREADS, else cores - 1)")
     args = parser.parse_args(argv)
+    if args.threads:
+        os.environ["BENCH_THREADS"] = str(args.threads)               # read by common.Run
     args.out = args.out or (QUICK_RESULTS if args.quick else RESULTS)
     kw = dict(QUICK) if args.quick else {}
     kw.update({k: v for k, v in (("presets", args.presets and tuple(args.presets)),

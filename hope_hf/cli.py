@@ -83,6 +83,39 @@ def positive_finite(value: str) -> float:
     return x
 
 
+def positive_int(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise ValueError(f"must be an integer >= 1, got {value}")
+    return n
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def default_threads(cores: int | None = None, processes: int | None = None) -> int:
+    """Torch intra-op threads per process: one fewer than the process's share of the cores, at least 1.
+
+    One core is left over so that one other busy process on the machine does not oversubscribe the cores: torch's
+    threads then wait on each other and a step collapses (measured on 2 cores, README "Threads")."""
+    cores = usable_cores() if cores is None else cores
+    processes = processes or int(os.environ.get("LOCAL_WORLD_SIZE") or 1)
+    return max(1, cores // processes - 1)
+
+
+def use_threads(requested: int | None) -> str:
+    """Set torch's intra-op thread count to `requested` (`--threads`) or `default_threads()`; returns the line that
+    reports the choice (printed at start)."""
+    import torch
+
+    n = requested or default_threads()
+    torch.set_num_threads(n)
+    how = "--threads" if requested else "default: cores per process - 1; --threads N to change"
+    return f"threads: {n} torch thread(s) per process ({how}; {usable_cores()} cores)"
+
+
 def check_writable_dir(path: Path, what: str = "output directory") -> None:
     """Raise `ValueError` unless `path` is a directory, or can be created as one, that this process may write."""
     path = Path(path)
@@ -155,8 +188,12 @@ def train_parser() -> argparse.ArgumentParser:
     a("--fsdp", action="store_true",
       help="shard parameters, gradients and optimizer state over the processes (Accelerate FSDP2; needs "
            "`accelerate launch` and AdamW; see README 'Training on many GPUs')")
+    a("--compile", action="store_true",
+      help="torch.compile the training forward + backward (the first step compiles; evaluation stays eager)")
     a("--seed", type=int, default=0, help="seed of the model init, data order and BPE")
     a("--use-cpu", "--cpu", dest="cpu", action="store_true", help="train on the CPU even if CUDA is available")
+    a("--threads", type=_arg_type(positive_int), metavar="N", default=None,
+      help="torch threads per process (default: cores per process - 1, at least 1)")
     a = p.add_argument_group("logging and checkpoints").add_argument
     a("--output-dir", type=Path, default=Path("runs/train"), help="logs, checkpoints and final/")
     a("--overwrite-output-dir", action="store_true", help="delete checkpoints of an earlier run there")
@@ -192,6 +229,8 @@ def generate_parser() -> argparse.ArgumentParser:
     p.add_argument("--repetition-penalty", type=float, default=None, help="> 1 discourages repeats")
     p.add_argument("--seed", type=int, default=0, help="torch seed (for --do-sample)")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if present)")
+    p.add_argument("--threads", type=_arg_type(positive_int), metavar="N", default=None,
+                   help="torch threads (default: cores - 1, at least 1)")
     return p
 
 

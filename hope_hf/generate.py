@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hope_hf import HopeCache
 from hope_hf.cache_hope import weights_fingerprint
-from hope_hf.cli import check_writable_dir, generate_parser, one_line, writing
+from hope_hf.cli import check_writable_dir, generate_parser, one_line, use_threads, writing
 from hope_hf.modeling_hope import CACHE_FIELD
 
 
@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> str:
 
 def run(args) -> str:
     """Generate with parsed options (see `hope_hf.cli.generate_parser`); prints and returns the continuation."""
+    print(use_threads(args.threads), file=sys.stderr)           # stdout holds only the reply
     check_args(args)
     torch.manual_seed(args.seed)
     tok, model = load_model(args.model, args.device)

@@ -14,6 +14,7 @@ WY / UT form of the delta rule), and the in-chunk reads W_{t-1} x_t of the outpu
 C x C causally masked products; no loop over tokens.
 
 Masked (padding or already-consumed) positions have e=0, rho=0, alpha=1, beta=1: they leave W and S untouched.
+A mask of None means every position is real (a fresh unpadded batch): the same numbers without the masking ops.
 """
 
 import torch
@@ -52,22 +53,26 @@ def _shift_down(x, dim):
     return F.pad(x, pad).narrow(dim, 0, x.shape[dim])
 
 
-def chunk_gates(log_alpha, log_beta=None, write=None):
-    """The decay matrices of one chunk (see `dgd_chunk`), computed once for every layer stepping with these gates."""
+def chunk_gates(log_alpha, log_beta=None, write=None, rho=None):
+    """The decay matrices of one chunk (see `dgd_chunk`), computed once for every layer stepping with these gates
+    (and with these DGD rates `rho`), already shaped for the broadcasts `dgd_chunk` makes."""
     la = torch.cumsum(log_alpha, -1)
     Lb = _decay_matrix(la)                                      # b_t / b_i, i <= t
-    g = {"b_end": torch.exp(la[..., -1]), "b_prev": torch.exp(la - log_alpha), "Lb_end": Lb[..., -1, :],
-         "Lb_prev": _shift_down(Lb, -2)}                       # b_{t-1}; b_{t-1}/b_i for i < t
+    Lb_prev = _shift_down(Lb, -2)                               # b_{t-1}/b_i for i < t
+    g = {"b_end": torch.exp(la[..., -1, None, None]), "b_prev": torch.exp(la - log_alpha).unsqueeze(-1)}
+    if rho is not None:                                         # the DGD sums' weights (b_t/b_i) rho_i
+        g["Lb_prev_rho"] = Lb_prev * rho.unsqueeze(-2)
+        g["Lb_end_rho"] = (Lb[..., -1, :] * rho).unsqueeze(-1)
     if log_beta is None:
-        g.update(G_end=Lb[..., -1, :], G_prev=g["Lb_prev"], c=None)
+        g.update(G_end=Lb[..., -1, :, None], G_prev=Lb_prev, c_end=None)
         return g
     lB = torch.cumsum(log_beta, -1)
     LB = _decay_matrix(lB)
     Lw = Lb if write is None else Lb * write.unsqueeze(-2)      # b_t/b_i m_i: only written steps add S_i
     G = Lw @ LB
-    c = (Lw @ torch.exp(lB).unsqueeze(-1)).squeeze(-1)          # c_t = sum_{i<=t} (b_t/b_i) m_i B_i
-    g.update(G_end=G[..., -1, :], G_prev=_shift_down(G, -2), c=c, c_prev=_shift_down(c, -1),
-             B_end=torch.exp(lB[..., -1]), LB_end=LB[..., -1, :])
+    c = Lw @ torch.exp(lB).unsqueeze(-1)                        # c_t = sum_{i<=t} (b_t/b_i) m_i B_i  [..., C, 1]
+    g.update(G_end=G[..., -1, :, None], G_prev=_shift_down(G, -2), c_end=c[..., -1:, :], c_prev=_shift_down(c, -2),
+             B_end=torch.exp(lB[..., -1, None, None]), LB_end=LB[..., -1, :, None])
     return g
 
 
@@ -81,7 +86,7 @@ def dgd_chunk(W0, S0, A, E, rho, log_alpha, log_beta=None, write=None, gates=Non
 
     W0, S0: [..., out, in]; A: [..., C, in]; E: [..., C, out]; rho, log_alpha, log_beta: [..., C].
     `rho=None` drops the DGD term (plain gradient step); `log_beta=None` means no momentum; `write` [..., C] gates
-    the momentum's addition to W (0 at masked positions); `gates` = `chunk_gates(log_alpha, log_beta, write)`
+    the momentum's addition to W (0 at masked positions); `gates` = `chunk_gates(log_alpha, log_beta, write, rho)`
     when already computed.
     With b_t = prod_{j<=t} alpha_j, B_t = prod_{j<=t} beta_j and y_t = W_{t-1} a_t, unrolling gives
         W_t = b_t W0 + c_t S0 + sum_{j<=t} G[t,j] e_j a_j^T - sum_{i<=t} (b_t/b_i) rho_i y_i a_i^T
@@ -90,36 +95,36 @@ def dgd_chunk(W0, S0, A, E, rho, log_alpha, log_beta=None, write=None, gates=Non
     reads of other vectors x_t follow from the same sum with Q = X A^T in place of K (the DeltaNet/TTT dual form):
         R = b_prev o (X W0^T) + c_prev o (X S0^T) + (G_prev o Q) E - (Lb_prev o Q) diag(rho) Y.
     """
-    g = gates if gates is not None else chunk_gates(log_alpha, log_beta, write)
+    g = gates if gates is not None else chunk_gates(log_alpha, log_beta, write, rho)
     C = A.shape[-2]
-    W = g["b_end"][..., None, None] * W0 + (E * g["G_end"].unsqueeze(-1)).transpose(-1, -2) @ A
-    if g["c"] is not None:
-        W = W + g["c"][..., -1, None, None] * S0
+    At = A.transpose(-1, -2)
+    W = g["b_end"] * W0 + (E * g["G_end"]).transpose(-1, -2) @ A
+    if g["c_end"] is not None:
+        W = W + g["c_end"] * S0
 
     def reads_without_dgd(X):
         """W_{t-1} x_t for every row x_t of X without the DGD sum (which needs Y), and Q = X A^T."""
-        Q = X @ A.transpose(-1, -2)
-        R = g["b_prev"].unsqueeze(-1) * (X @ W0.transpose(-1, -2)) + (g["G_prev"] * Q) @ E
-        if g["c"] is not None:
-            R = R + g["c_prev"].unsqueeze(-1) * (X @ S0.transpose(-1, -2))
+        Q = X @ At
+        R = g["b_prev"] * (X @ W0.transpose(-1, -2)) + (g["G_prev"] * Q) @ E
+        if g["c_end"] is not None:
+            R = R + g["c_prev"] * (X @ S0.transpose(-1, -2))
         return R, Q
 
     read, Q = reads_without_dgd(X) if X is not None else (None, None)
     if rho is not None:
         R, K = reads_without_dgd(A)
-        eye = torch.eye(C, dtype=A.dtype, device=A.device)
-        T = (eye + g["Lb_prev"] * K * rho.unsqueeze(-2)).expand(*R.shape[:-2], C, C)
+        T = torch.eye(C, dtype=A.dtype, device=A.device) + g["Lb_prev_rho"] * K
         if T.dtype in (torch.float16, torch.bfloat16):                  # no half-precision triangular solve
             Y = torch.linalg.solve_triangular(T.float(), R.float(), upper=False, unitriangular=True).to(R.dtype)
         else:
             Y = torch.linalg.solve_triangular(T, R, upper=False, unitriangular=True)
-        W = W - (Y * (g["Lb_end"] * rho).unsqueeze(-1)).transpose(-1, -2) @ A
+        W = W - (Y * g["Lb_end_rho"]).transpose(-1, -2) @ A
         if X is not None:
-            read = read - (g["Lb_prev"] * Q * rho.unsqueeze(-2)) @ Y
-    if g["c"] is None:
+            read = read - (g["Lb_prev_rho"] * Q) @ Y
+    if g["c_end"] is None:
         S = E[..., -1, :].unsqueeze(-1) * A[..., -1, :].unsqueeze(-2)
     else:
-        S = g["B_end"][..., None, None] * S0 + (E * g["LB_end"].unsqueeze(-1)).transpose(-1, -2) @ A
+        S = g["B_end"] * S0 + (E * g["LB_end"]).transpose(-1, -2) @ A
     return W, S, read
 
 
@@ -181,6 +186,9 @@ def _chunks(T, offset, size):
 
 def _masked_gates(eta, log_alpha, log_beta, mask):
     """Per-token gates [B, H, 1, c], neutral (eta=0, alpha=beta=1) at masked positions (gates kept in log space)."""
+    if mask is None:
+        eta, log_alpha = eta.unsqueeze(2), log_alpha.unsqueeze(2)
+        return eta, log_alpha, None if log_beta is None else log_beta[None, :, None, None].expand_as(eta)
     m = mask[:, None, None, :]
     eta = torch.where(m, eta.unsqueeze(2), torch.zeros_like(eta.unsqueeze(2)))
     log_alpha = torch.where(m, log_alpha.unsqueeze(2), torch.zeros_like(eta))
@@ -192,7 +200,7 @@ def memory_update(state, k, vhat, eta, log_alpha, log_beta, mask, objective, use
     """Write tokens [k, vhat] into a memory group; gradients use the chunk-start state (W1r, W2r) (Eq. 90-91).
 
     state tensors: [B, H, n, ...]; k: [B, H, 1, c, d]; vhat: [B, H, n, c, d]; eta, log_alpha: [B, H, c];
-    log_beta: [H] or None; mask: [B, c]. With `query` [B, H, n, c, d] also returns the reads M_{t-1}(q_t) of the
+    log_beta: [H] or None; mask: [B, c] or None (all real). With `query` [B, H, n, c, d] also returns the reads M_{t-1}(q_t) of the
     running state before each position's own write and after every earlier one (Eq. 86/94; design.md A1), else None.
     The fast path uses `dgd_chunk` (one token: `dgd_step`); the reference steps token by token with `dgd_step`,
     autograd gradients of the inner loss (Eq. 88 literally) and `mlp_memory` reads. Returns (new_state, reads)."""
@@ -202,16 +210,17 @@ def memory_update(state, k, vhat, eta, log_alpha, log_beta, mask, objective, use
         h, d1, d2 = memory_errors(state["W1r"], state["W2r"], k, vhat, objective)
         if k.shape[-2] == 1:                     # one token (decoding): the step itself, gradient delta a^T
             read = None if query is None else mlp_memory(state["W1"], state["W2"], query)
-            e, w = eta_m[..., 0], mask[:, None, None, 0].to(k.dtype)
+            e, w = eta_m[..., 0], _write(mask, k.dtype, 0)
             alpha, beta = torch.exp(log_alpha[..., 0]), None if log_beta is None else torch.exp(log_beta[..., 0])
             rho = e if use_dgd else torch.zeros_like(e)
             outer = lambda d, x: d[..., 0, :].unsqueeze(-1) * x[..., 0, :].unsqueeze(-2)  # noqa: E731
             new["W1"], S1 = dgd_step(state["W1"], state.get("S1"), h[..., 0, :], outer(d1, h), e, rho, alpha, beta, w)
             new["W2"], S2 = dgd_step(state["W2"], state.get("S2"), k[..., 0, :], outer(d2, k), e, rho, alpha, beta, w)
         else:
-            gates = chunk_gates(log_alpha, log_beta, mask[:, None, None, :].to(k.dtype))
             rho = eta_m if use_dgd else None
-            E1, E2 = -eta_m.unsqueeze(-1) * d1, -eta_m.unsqueeze(-1) * d2
+            gates = chunk_gates(log_alpha, log_beta, _write(mask, k.dtype), rho)
+            neg_eta = -eta_m.unsqueeze(-1)
+            E1, E2 = neg_eta * d1, neg_eta * d2
             # layer 2 first: its in-chunk reads W2_{t-1} q_t give layer 1's read inputs n(silu(W2_{t-1} q_t))
             new["W2"], S2, r2 = dgd_chunk(state["W2"], state.get("S2"), k, E2, rho, None, gates=gates, X=query)
             nq = None if query is None else _unit(F.silu(r2))[0]
@@ -234,7 +243,7 @@ def memory_update(state, k, vhat, eta, log_alpha, log_beta, mask, objective, use
             e, la = eta_m[..., t], log_alpha[..., t]
             a, rho = torch.exp(la), (e if use_dgd else torch.zeros_like(e))
             b = None if log_beta is None else torch.exp(log_beta[..., t])
-            w = mask[:, None, None, t].to(k.dtype)
+            w = _write(mask, k.dtype, t)
             new["W1"], S1 = dgd_step(new["W1"], new.get("S1"), h, g1, e, rho, a, b, w)
             new["W2"], S2 = dgd_step(new["W2"], new.get("S2"), kt[..., 0, :], g2, e, rho, a, b, w)
             if log_beta is not None:
@@ -242,10 +251,26 @@ def memory_update(state, k, vhat, eta, log_alpha, log_beta, mask, objective, use
     return new, (torch.cat(reads, -2) if reads else None)
 
 
-def _commit_reads(state, complete):
-    """Samples that finished a chunk read from the new state from now on (A1: t' = C floor((t-1)/C))."""
-    c = complete[:, None, None, None, None]
+def _write(mask, dtype, t=None):
+    """The write gate [B, 1, 1(, c)] of positions `t` (all if None) as numbers; None when every position is real."""
+    if mask is None:
+        return None
+    return (mask[:, None, None, :] if t is None else mask[:, None, None, t]).to(dtype)
+
+
+def _commit_reads(state, boundary, mask, f_end):
+    """Samples that finished a chunk read from the new state from now on (A1: t' = C floor((t-1)/C)): at a chunk
+    `boundary` (a Python bool) the samples whose last column `f_end - 1` is real (all of them when mask is None)."""
+    if not boundary:
+        return state
+    if mask is None:
+        return {**state, "W1r": state["W1"], "W2r": state["W2"]}
+    c = mask[:, f_end - 1, None, None, None, None]
     return {**state, "W1r": torch.where(c, state["W1"], state["W1r"]), "W2r": torch.where(c, state["W2"], state["W2r"])}
+
+
+def _cols(mask, f, f_end):
+    return None if mask is None else mask[:, f:f_end]
 
 
 def _column_ranges(T, offset, chunk, reference):
@@ -271,25 +296,27 @@ def projection_eta(eta, log_alpha, log_beta=None):
 def projection_memories(params, state, u, mask, offset, cfg, reference=False):
     """Self-modifying k, v, q, eta, alpha memories (arXiv Eq. 87-88, 94, 97), chunk size C_p.
 
-    u: each memory's input stream [B, H, n, T, d] (memories ordered k, v, eta, alpha[, q]); mask: [B, T] real tokens;
+    u: each memory's input stream [B, H, n, T, d] (memories ordered k, v, eta, alpha[, q]); mask: [B, T] real tokens
+    (None: all);
     offset: phase of column 0 on the chunk grid. params: W1, W2 ([H, n, d, h] / [H, n, h, d]), eta_w/alpha_w [H, d],
     eta_b/alpha_b [H], log_beta [H] or None. Each memory reads its input with its chunk-start state (Eq. 90) and
     writes (k_t, M_box(v_t)). Returns (k, v, q or None, eta, log_alpha, new_state); k and q are L2-normalised."""
     chunk, eta_max = cfg["projection_chunk_size"], cfg["memory_lr_max"]
     outs = []
+    alpha_w, alpha_b, eta_w, eta_b = (params[name][:, None] for name in ("alpha_w", "alpha_b", "eta_w", "eta_b"))
     for f, f_end in _column_ranges(u.shape[3], offset, chunk, reference):
         x = u[:, :, :, f:f_end]
         r = mlp_memory(state["W1r"], state["W2r"], x)                            # [B, H, n, c, d]
         k, v = F.normalize(r[:, :, 0], dim=-1), r[:, :, 1]
-        log_alpha = F.logsigmoid((r[:, :, 3] * params["alpha_w"][:, None]).sum(-1) + params["alpha_b"][:, None])
-        gate = torch.sigmoid((r[:, :, 2] * params["eta_w"][:, None]).sum(-1) + params["eta_b"][:, None])
+        log_alpha = F.logsigmoid((r[:, :, 3] * alpha_w).sum(-1) + alpha_b)
+        gate = torch.sigmoid((r[:, :, 2] * eta_w).sum(-1) + eta_b)
         eta = torch.minimum(eta_max * gate, (1 + log_alpha.exp()) / 2)          # |alpha - 2 eta| <= 1 (A6)
         q = F.normalize(r[:, :, 4], dim=-1) if r.shape[2] > 4 else None
         vhat = mlp_memory(state["W1r"], state["W2r"], v.unsqueeze(2))           # self-generated values (Eq. 87)
         state, _ = memory_update(state, k.unsqueeze(2), vhat, projection_eta(eta, log_alpha, params["log_beta"]),
-                                 log_alpha, params["log_beta"], mask[:, f:f_end], cfg["memory_objective"],
+                                 log_alpha, params["log_beta"], _cols(mask, f, f_end), cfg["memory_objective"],
                                  cfg["use_dgd"], reference)
-        state = _commit_reads(state, ((offset + f_end) % chunk == 0) & mask[:, f_end - 1])
+        state = _commit_reads(state, (offset + f_end) % chunk == 0, mask, f_end)
         outs.append((k, v, q, eta, log_alpha))
     k, v, q, eta, log_alpha = (None if o[0] is None else torch.cat(o, dim=-2 if o[0].dim() == 4 else -1)
                            for o in zip(*outs))
@@ -309,9 +336,9 @@ def output_memory(params, state, k, v, q, eta, log_alpha, mask, offset, cfg, ref
         vc = v[:, :, None, f:f_end]
         vhat = mlp_memory(state["W1r"], state["W2r"], vc) if cfg["self_modifying"] else vc
         state, o = memory_update(state, k[:, :, None, f:f_end], vhat, eta[..., f:f_end], log_alpha[..., f:f_end],
-                                 params["log_beta"], mask[:, f:f_end], cfg["memory_objective"], cfg["use_dgd"],
+                                 params["log_beta"], _cols(mask, f, f_end), cfg["memory_objective"], cfg["use_dgd"],
                                  reference, query=q[:, :, None, f:f_end])
-        state = _commit_reads(state, ((offset + f_end) % chunk == 0) & mask[:, f_end - 1])
+        state = _commit_reads(state, (offset + f_end) % chunk == 0, mask, f_end)
         outs.append(o[:, :, 0])
     return torch.cat(outs, dim=2), state
 

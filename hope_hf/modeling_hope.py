@@ -50,9 +50,14 @@ class HopeRMSNorm(nn.Module):
 def causal_conv(x, mask, tail, weight):
     """Depthwise causal conv over each row's real tokens (contiguous in the frame), continuing from `tail`.
 
-    x: [B, S, D]; mask: [B, S]; tail: [B, K-1, D] (the previous K-1 inputs); weight: [D, K]. Returns (y, tail)."""
+    x: [B, S, D]; mask: [B, S] or None (every position real); tail: [B, K-1, D] (the previous K-1 inputs);
+    weight: [D, K]. Returns (y, tail)."""
     B, S, D = x.shape
     K = weight.shape[-1]
+    if mask is None:
+        ext = torch.cat([tail.to(x.dtype), x], 1)
+        y = F.conv1d(ext.transpose(1, 2), weight.unsqueeze(1), groups=D).transpose(1, 2)
+        return y, ext[:, S:]
     n = mask.sum(1)
     lo = torch.where(n > 0, mask.int().argmax(1), torch.zeros_like(n))
     cols = torch.arange(S, device=x.device)
@@ -118,7 +123,7 @@ class HopeSelfModifyingMemory(nn.Module):
         uq, uk, uv = F.silu(z).view(B, S, 3, H, d).permute(2, 0, 3, 1, 4)           # 3 x [B, H, S, d]
         fn_cfg = self._fn_config()
         new_state = {"conv": conv_tail}
-        wmask = mask if write else torch.zeros_like(mask)                        # False: read-only memories
+        wmask = mask if write else torch.zeros(B, S, dtype=torch.bool, device=x.device)  # False: read-only memories
         if c.self_modifying:
             params = {"W1": self.bank_W1, "W2": self.bank_W2, "eta_w": self.eta_w, "eta_b": self.eta_b,
                       "alpha_w": self.alpha_w, "alpha_b": self.alpha_b,
@@ -190,7 +195,7 @@ class HopeBlock(GradientCheckpointingLayer):
             level_inputs.append(xin)
         new_state["cms"] = layer_state["cms"]
         leaves, out_spec = tree_flatten((new_state, level_inputs))
-        return (hidden * mask[..., None], out_spec, *leaves)
+        return (hidden if mask is None else hidden * mask[..., None], out_spec, *leaves)
 
 
 # transformers >= 5.24 names the cache of outputs and inputs `cache` (5.23: `past_key_values`)
@@ -463,6 +468,7 @@ class HopeModel(HopePreTrainedModel):
         tgt = to_frame(target_rows) if has_cms else None
 
         reference = self.memory_impl == "reference"
+        lm = (lambda m: None) if static else (lambda m: m)       # static: every frame position is real (no masking)
         active = [True] * len(c.cms_chunk_sizes)
         if cache is None:        # nothing outlives this call: a level that cannot commit in it needs no gradient sums
             if static:
@@ -505,7 +511,7 @@ class HopeModel(HopePreTrainedModel):
                 h = frame[:, f0:f1]
                 level_inputs = []
                 for i, layer in enumerate(self.layers):
-                    h, lstates[i], xins = self._run_layer(layer, h, m, lstates[i], o + f0, reference, write)
+                    h, lstates[i], xins = self._run_layer(layer, h, lm(m), lstates[i], o + f0, reference, write)
                     level_inputs.append(xins)
                 spans_h.append(h)
                 if has_cms and (write or want_logits):
@@ -538,7 +544,7 @@ class HopeModel(HopePreTrainedModel):
                                              reference, active, [layer])
                         if (o + f0) % c.span_size == 0:
                             self._commit(lst, count + (f0 - s), fmask[:, f0], f0 if static else None, [layer])
-                    h, st, xins = self._run_layer(layer, h_in[:, f0:f1], m, st, o + f0, reference, write)
+                    h, st, xins = self._run_layer(layer, h_in[:, f0:f1], lm(m), st, o + f0, reference, write)
                     lst = [st]
                     pieces.append(h)
                     if has_cms and write:
@@ -603,9 +609,10 @@ class HopeModel(HopePreTrainedModel):
         `static_count`: every sample's count as a Python int, when known (no data-dependent branch)."""
         for layer, st in zip(layers or self.layers, lstates):
             for C_l, lvl, lv in zip(self.config.cms_chunk_sizes, layer.cms, st["cms"]):
+                if "grad" not in lv or static_count is not None and not (static_count > 0 and static_count % C_l == 0):
+                    continue
                 do = real & (token_count > 0) & (token_count % C_l == 0)
-                any_do = bool(do.any()) if static_count is None else static_count > 0 and static_count % C_l == 0
-                if not any_do or "grad" not in lv:
+                if static_count is None and not bool(do.any()):
                     continue
                 theta = lv.get("theta")
                 if theta is None:                                  # materialise lazily at the first commit

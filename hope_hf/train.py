@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 
 from hope_hf import HopeCache, HopeConfig, HopeForCausalLM
-from hope_hf.cli import check_writable_dir, one_line, train_parser, writing
+from hope_hf.cli import check_writable_dir, one_line, train_parser, use_threads, writing
 from hope_hf.data import (check_seq_len, check_text_column, idle_cms_levels, iter_batches, load_text_dataset,
                           prepare_blocks)
 from hope_hf.modeling_hope import CACHE_FIELD
@@ -82,7 +82,12 @@ def validate_args(args) -> None:
     if not 0 < args.val_fraction < 1:
         raise ValueError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
     check_seq_len(HopeConfig.from_preset(args.preset), args.seq_len, args.tbptt_segments)
+    if getattr(args, "compile", False) and getattr(args, "fsdp", False):
+        raise ValueError("--compile is not supported with --fsdp yet: pass one of them")
     check_fsdp_args(args)
+    if getattr(args, "compile", False) and args.tbptt_segments > 1:
+        raise ValueError("--compile needs --tbptt-segments 1: a carried memory makes the model read its token counts "
+                         "(graph breaks)")
     check_writable_dir(args.output_dir)
 
 
@@ -497,6 +502,9 @@ def main(argv: list[str] | None = None) -> Path:
 
 def run(args) -> Path:
     """Train with parsed options (see `hope_hf.cli.train_parser`); returns the final `save_pretrained` directory."""
+    threads = use_threads(args.threads)
+    if int(os.environ.get("RANK") or 0) == 0:                      # the main process (accelerate/torchrun set RANK)
+        print(threads, flush=True)
     validate_args(args)
     accelerator = make_accelerator(args)
     is_main = accelerator.is_main_process
@@ -547,6 +555,8 @@ def run(args) -> Path:
     warmup = args.warmup_steps if args.warmup_steps is not None else max(1, args.max_steps // 10)
     scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, args.max_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
+    # the compiled module shares the parameters; evaluation, sampling and saving use the eager `model`
+    train_model = torch.compile(model) if args.compile else model
     accelerator.register_for_checkpointing(scheduler)  # stepped by us once per optimizer step
 
     step, tokens, elapsed = 0, 0, 0.0
@@ -587,7 +597,7 @@ def run(args) -> Path:
                     hashes = accelerator.gather(torch.tensor([batch_hash(batch)], device=accelerator.device))
                     log.write(step=step + 1, batch_hashes=hashes.tolist())
                 with accelerator.accumulate(model):
-                    loss += forward_backward(model, batch, args.tbptt_segments, accelerator) / args.grad_accum
+                    loss += forward_backward(train_model, batch, args.tbptt_segments, accelerator) / args.grad_accum
             loss = accelerator.reduce(loss, "mean").item()
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)  # before clipping
             if error := divergence(step + 1, loss, float(grad_norm), args):

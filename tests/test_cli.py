@@ -128,3 +128,38 @@ def test_load_text_dataset_refuses_a_missing_local_path():
 
     with pytest.raises(ValueError, match="no such file or directory: data/does_not_exist.txt"):
         load_text_dataset("data/does_not_exist.txt")
+
+
+def test_default_threads_leave_one_core_per_machine_for_others(monkeypatch):
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert [cli.default_threads(c) for c in (1, 2, 4, 16)] == [1, 1, 3, 15]
+    assert cli.default_threads(16, processes=2) == 7 and cli.default_threads(2, processes=2) == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")                      # set by accelerate launch / torchrun
+    assert cli.default_threads(16) == 3
+
+
+@pytest.mark.parametrize("command", ["train", "generate"])
+def test_threads_option_is_applied_and_printed_at_start(command, tmp_path, capsys, monkeypatch):
+    import torch
+
+    from hope_hf import generate, train
+
+    assert cli.PARSERS[command]().parse_args([] if command == "train" else ["--model", str(tmp_path), "--prompt",
+                                                                              "x"]).threads is None
+    with pytest.raises(SystemExit) as e:
+        cli.PARSERS[command]().parse_args(["--threads", "0"])
+    assert e.value.code == 2 and "--threads: must be an integer >= 1" in capsys.readouterr().err
+    monkeypatch.setattr(cli, "default_threads", lambda: 1)
+    threads = torch.get_num_threads()
+    try:
+        for flag, n, how in ((["--threads", "2"], 2, "(--threads;"), ([], 1, "(default: cores per process - 1")):
+            with pytest.raises(ValueError):               # a bad option right after the thread choice: nothing runs
+                if command == "train":
+                    train.main([*flag, "--block-size", "100"])
+                else:
+                    generate.main([*flag, "--model", str(tmp_path), "--prompt", "x", "--max-new-tokens", "0"])
+            out = capsys.readouterr()
+            assert f"threads: {n} torch thread(s) per process {how}" in (out.out + out.err)
+            assert torch.get_num_threads() == n
+    finally:
+        torch.set_num_threads(threads)

@@ -157,6 +157,27 @@ def test_projection_and_output_memories_fast_equal_reference(dtype, variant):
             assert (a - b).abs().max().item() <= TOL[dtype] * scale
 
 
+@pytest.mark.parametrize("reference", [False, True])
+def test_mask_none_is_every_position_real(reference):
+    """mask=None (the unpadded fast path without masking ops) gives what an all-True mask gives, values and
+    gradients, through both memory groups (float64)."""
+    dtype = torch.float64
+    cfg = dict(projection_chunk_size=4, memory_chunk_size=8, memory_lr_max=0.1, memory_objective="l2", use_dgd=True,
+               self_modifying=True)
+    params, u, _ = _memory_setup(dtype, 5, T=13)
+    results = []
+    for mask in (torch.ones(2, 13, dtype=torch.bool), None):
+        st = init_memory_state(params["W1"], params["W2"], 2, True)
+        k, v, q, eta, log_alpha, bank = projection_memories(params, st, u, mask, 3, cfg, reference=reference)
+        o, mem = output_memory({"log_beta": params["log_beta"]}, init_memory_state(params["W1"][:, :1],
+                               params["W2"][:, :1], 2, True), k, v, q, eta, log_alpha, mask, 3, cfg, reference)
+        outs = [o, *(bank[key] for key in sorted(bank)), *(mem[key] for key in sorted(mem))]
+        loss = sum((t * torch.linspace(-1, 1, t.numel(), dtype=dtype).view_as(t)).sum() for t in outs)
+        results.append((outs, torch.autograd.grad(loss, [params["W1"], params["W2"], params["eta_w"], u])))
+    for a, b in zip(results[0][0] + list(results[0][1]), results[1][0] + list(results[1][1])):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_cms_grad_closed_form_equals_autograd_reference(dtype):
     g = torch.Generator().manual_seed(4)
