@@ -144,7 +144,8 @@ def evaluate_length(model, ids, labels, pairs, pair_counts) -> dict:
 
 @contextlib.contextmanager
 def capture_output_memory_inputs():
-    """Record (k, q, eta, log_alpha) [B, H, T(, d)] of every output-memory call (one per layer and span) while active."""
+    """Record (k, q, eta, log_alpha) [B, H, T(, d)] of every output-memory call (one per layer and span) while
+    active."""
     calls, original = [], modeling_hope.output_memory
 
     def spy(params, state, k, v, q, eta, log_alpha, *args, **kwargs):
@@ -319,11 +320,11 @@ def markdown(results: dict) -> str:
     probe = results["models"].get("hope", {}).get("memory_probe")
     if probe:
         lines.append("\nHope's output memory after training (`memory_probe`, per layer, mean over heads / best head): "
-                     "cos(key written at a record's value, query asking for that record) vs the same for other records; "
-                     "write rate eta at the records' values vs on average.")
+                     "cos(key written at a record's value, query asking for that record) vs the same for other "
+                     "records; write rate eta at the records' values vs on average.")
+        mean = lambda x: sum(x) / len(x)  # noqa: E731
         for i, p in enumerate(probe):
             best = max(range(len(p["cos_kq_match"])), key=lambda h: p["cos_kq_match"][h] - p["cos_kq_other"][h])
-            mean = lambda x: sum(x) / len(x)  # noqa: E731
             lines.append(f"- layer {i}: cos match {mean(p['cos_kq_match']):.2f} vs other {mean(p['cos_kq_other']):.2f} "
                          f"(head {best}: {p['cos_kq_match'][best]:.2f} vs {p['cos_kq_other'][best]:.2f}); eta at values "
                          f"{mean(p['eta_at_values']):.3f} vs {mean(p['eta_mean']):.3f}; retention "

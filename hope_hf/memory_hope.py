@@ -200,8 +200,9 @@ def memory_update(state, k, vhat, eta, log_alpha, log_beta, mask, objective, use
     """Write tokens [k, vhat] into a memory group; gradients use the chunk-start state (W1r, W2r) (Eq. 90-91).
 
     state tensors: [B, H, n, ...]; k: [B, H, 1, c, d]; vhat: [B, H, n, c, d]; eta, log_alpha: [B, H, c];
-    log_beta: [H] or None; mask: [B, c] or None (all real). With `query` [B, H, n, c, d] also returns the reads M_{t-1}(q_t) of the
-    running state before each position's own write and after every earlier one (Eq. 86/94; design.md A1), else None.
+    log_beta: [H] or None; mask: [B, c] or None (all real). With `query` [B, H, n, c, d] also returns the reads
+    M_{t-1}(q_t) of the running state before each position's own write and after every earlier one (Eq. 86/94;
+    design.md A1), else None.
     The fast path uses `dgd_chunk` (one token: `dgd_step`); the reference steps token by token with `dgd_step`,
     autograd gradients of the inner loss (Eq. 88 literally) and `mlp_memory` reads. Returns (new_state, reads)."""
     eta_m, log_alpha, log_beta = _masked_gates(eta, log_alpha, log_beta, mask)
@@ -297,9 +298,8 @@ def projection_memories(params, state, u, mask, offset, cfg, reference=False):
     """Self-modifying k, v, q, eta, alpha memories (arXiv Eq. 87-88, 94, 97), chunk size C_p.
 
     u: each memory's input stream [B, H, n, T, d] (memories ordered k, v, eta, alpha[, q]); mask: [B, T] real tokens
-    (None: all);
-    offset: phase of column 0 on the chunk grid. params: W1, W2 ([H, n, d, h] / [H, n, h, d]), eta_w/alpha_w [H, d],
-    eta_b/alpha_b [H], log_beta [H] or None. Each memory reads its input with its chunk-start state (Eq. 90) and
+    (None: all); offset: phase of column 0 on the chunk grid. params: W1, W2 ([H, n, d, h] / [H, n, h, d]),
+    eta_w/alpha_w [H, d], eta_b/alpha_b [H], log_beta [H] or None. Each memory reads its input with its chunk-start state (Eq. 90) and
     writes (k_t, M_box(v_t)). Returns (k, v, q or None, eta, log_alpha, new_state); k and q are L2-normalised."""
     chunk, eta_max = cfg["projection_chunk_size"], cfg["memory_lr_max"]
     outs = []

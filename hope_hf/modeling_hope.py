@@ -456,9 +456,9 @@ class HopeModel(HopePreTrainedModel):
             o, s, F_len = 0, torch.zeros_like(count), T
         else:
             phase = count % align
-            o = int(phase[n_real > 0].min()) if bool((n_real > 0).any()) else 0
+            o = int(phase[n_real > 0].min())            # some row has a real token (`_check_inputs`)
             s = (phase - o).clamp(min=0)
-            F_len = int((s + n_real).max()) if T else 0
+            F_len = int((s + n_real).max())
         idx = torch.where(mask, s[:, None] + mask.cumsum(1) - 1, torch.full_like(mask, F_len, dtype=torch.long))
         to_frame = lambda t: torch.zeros(B, F_len + 1, *t.shape[2:], device=device, dtype=t.dtype).scatter(  # noqa
             1, idx.view(B, T, *([1] * (t.dim() - 2))).expand_as(t), t)[:, :F_len]
@@ -486,7 +486,7 @@ class HopeModel(HopePreTrainedModel):
         # With hidden states asked for, the span loop runs without a graph and only records the (detached) teach
         # signals; a layer-major replay with those signals then builds the same graph with each layer reading the
         # previous layer's returned whole-sequence hidden states, so every returned hidden state is on the graph.
-        replay = bool(output_hidden_states) and T > 0
+        replay = bool(output_hidden_states)
         layer_states = [{**st, "cms": [dict(lv) for lv in st["cms"]]} for st in lstates] if replay else None
         teach = [] if replay else None
         spans_h, spans_logits = [], []
@@ -554,13 +554,13 @@ class HopeModel(HopePreTrainedModel):
                 all_hidden.append(gather_back(pieces))
             hidden = all_hidden[-1]
         else:
-            hidden = gather_back(spans_h) if T else inputs_embeds
-        logits = gather_back(spans_logits) if want_logits and T else None
+            hidden = gather_back(spans_h)
+        logits = gather_back(spans_logits) if want_logits else None
         hidden = self.norm(hidden)
         if output_hidden_states:
-            all_hidden = (*all_hidden[:-1], hidden) if replay else (inputs_embeds,) * c.num_hidden_layers + (hidden,)
+            all_hidden = (*all_hidden[:-1], hidden)
         mstate["count"] = count + n_real
-        if input_ids is not None and T:
+        if input_ids is not None:
             mstate["last_ids"] = input_ids[:, -1].clone()                  # lets generate() check a continuation
         if cache is not None:
             for i, st in enumerate(lstates):

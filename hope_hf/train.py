@@ -68,8 +68,8 @@ def make_accelerator(args) -> Accelerator:
 
 def has_unused_parameters(args) -> bool:
     """Whether some parameters get no gradient in a training step (DDP must then look for them): with TBPTT the
-    initial memory states only reach the first segment's loss, and a CMS level whose chunk is not shorter than the
-    segment commits only after the last token, so its learning rate never reaches the loss."""
+    initial memory states only reach the first segment's loss (and a segment without a CMS commit leaves that level's
+    rate out), and a CMS level that never commits inside a block (`idle_cms_levels`) never reaches the loss."""
     return args.tbptt_segments > 1 or bool(idle_cms_levels(HopeConfig.from_preset(args.preset), args.seq_len))
 
 
@@ -277,8 +277,8 @@ def check_output_dir(args, ckpt: Path | None) -> None:
 
 
 def prepare_output_dir(args, ckpt: Path | None, accelerator: Accelerator) -> None:
-    """With --overwrite-output-dir, delete an earlier run's checkpoints (once every input has been checked)."""
-    check_output_dir(args, ckpt)
+    """With --overwrite-output-dir, delete an earlier run's checkpoints (once every input has been checked, including
+    `check_output_dir`)."""
     ckpts = args.output_dir / "checkpoints"
     accelerator.wait_for_everyone()
     if ckpt is None and ckpts.is_dir() and accelerator.is_main_process:
