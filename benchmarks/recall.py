@@ -144,12 +144,12 @@ def evaluate_length(model, ids, labels, pairs, pair_counts) -> dict:
 
 @contextlib.contextmanager
 def capture_output_memory_inputs():
-    """Record (k, q, eta, log_alpha) [B, H, T(, d)] of every output-memory call (one per layer and span) while
+    """Record (k, q, v, eta, log_alpha) [B, H, T(, d)] of every output-memory call (one per layer and span) while
     active."""
     calls, original = [], modeling_hope.output_memory
 
     def spy(params, state, k, v, q, eta, log_alpha, *args, **kwargs):
-        calls.append((k.detach(), q.detach(), eta.detach(), log_alpha.detach()))
+        calls.append((k.detach(), q.detach(), v.detach(), eta.detach(), log_alpha.detach()))
         return original(params, state, k, v, q, eta, log_alpha, *args, **kwargs)
 
     modeling_hope.output_memory = spy
@@ -165,6 +165,9 @@ def memory_probe(model, n_seqs: int, seq_len: int, pairs: int, generator: torch.
     value tokens of the records and on average, the mean retention alpha, and the cosine between the key written at a
     record's value token and the query read at the position asking for it (`cos_kq_match`) or at a position asking
     for another record (`cos_kq_other`). A memory that binds keys to values has cos_kq_match near 1 above cos_kq_other.
+    Collapse checks: the mean cosine between the queries of two asks of one sequence (`cos_q_between_asks`), between
+    the keys written at two records (`cos_k_between_records`) and between their values v (`cos_v_between_records`);
+    near 1 means the memory cannot tell the records (or their values) apart, whatever the gates do.
     """
     ids, _ = make_batch(n_seqs, seq_len, pairs, pairs, generator)
     was_training = model.training
@@ -179,17 +182,28 @@ def memory_probe(model, n_seqs: int, seq_len: int, pairs: int, generator: torch.
     asked = (ids[rows, ask_pos][:, :, None] == ids[rows, value_pos - 2][:, None, :]).float()  # [n, ask, record]
     out = []
     for layer in range(n_layers):
-        k, q, eta, log_alpha = (torch.cat(x, 2) for x in zip(*calls[layer::n_layers]))
+        k, q, v, eta, log_alpha = (torch.cat(x, 2) for x in zip(*calls[layer::n_layers]))
         kw = k.permute(0, 2, 1, 3)[rows, value_pos]                              # [n, pairs, H, d]
         qr = q.permute(0, 2, 1, 3)[rows, ask_pos]
         cos = torch.einsum("nahd,nrhd->nhar", qr, kw)                           # [n, H, ask, record]
         match = (cos * asked[:, None]).sum((0, 2, 3)) / asked.sum()
         other = (cos * (1 - asked[:, None])).sum((0, 2, 3)) / max((1 - asked).sum().item(), 1)
+        vw = F.normalize(v.permute(0, 2, 1, 3)[rows, value_pos], dim=-1)
         out.append({"eta_at_values": eta.permute(0, 2, 1)[rows, value_pos].mean((0, 1)).tolist(),
                     "eta_mean": eta.mean((0, 2)).tolist(), "alpha_mean": log_alpha.exp().mean((0, 2)).tolist(),
                     "cos_kq_match": match.tolist(), "cos_kq_other": other.tolist(),
-                    "cos_kq_same_position": (k * q).sum(-1).mean((0, 2)).tolist()})
+                    "cos_kq_same_position": (k * q).sum(-1).mean((0, 2)).tolist(),
+                    "cos_q_between_asks": _mean_cos_between(qr).tolist(),
+                    "cos_k_between_records": _mean_cos_between(kw).tolist(),
+                    "cos_v_between_records": _mean_cos_between(vw).tolist()})
     return out
+
+
+def _mean_cos_between(x):
+    """Mean cosine between the unit vectors x [n, P, H, d] of different items of one sequence, per head [H]."""
+    cos = torch.einsum("nahd,nbhd->nhab", x, x)
+    P = x.shape[1]
+    return (cos.sum((-1, -2)) - cos.diagonal(dim1=-2, dim2=-1).sum(-1)).mean(0) / (P * P - P)
 
 
 # ---------------------------------------------------------------------------------------------------- the run
@@ -328,7 +342,8 @@ def markdown(results: dict) -> str:
             lines.append(f"- layer {i}: cos match {mean(p['cos_kq_match']):.2f} vs other {mean(p['cos_kq_other']):.2f} "
                          f"(head {best}: {p['cos_kq_match'][best]:.2f} vs {p['cos_kq_other'][best]:.2f}); eta at values "
                          f"{mean(p['eta_at_values']):.3f} vs {mean(p['eta_mean']):.3f}; retention "
-                         f"{mean(p['alpha_mean']):.4f}")
+                         f"{mean(p['alpha_mean']):.4f}; cos between records' queries {mean(p['cos_q_between_asks']):.2f}, "
+                         f"keys {mean(p['cos_k_between_records']):.2f}, values {mean(p['cos_v_between_records']):.2f}")
     k = results["target_length_multiple"]
     lines.append(f"\nTarget: Hope >= {results['target_hope_acc_at_4L']:.0%} of the answers at {k}L "
                  f"({s['test_lengths_tokens'][s['multiples'].index(k)]} tokens); measured "

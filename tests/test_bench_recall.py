@@ -113,3 +113,24 @@ def test_memory_probe_sees_a_memory_whose_keys_match_its_queries():
     torch.testing.assert_close(torch.tensor(probe[0]["cos_kq_match"]), torch.ones(4))
     assert max(probe[0]["cos_kq_other"]) < 0.9
     assert max(probe[1]["cos_kq_match"]) < 0.99                          # layer 1 was left as initialised
+    # the four records' keys (and the queries asking for them) are four different key tokens: not collapsed
+    assert max(probe[0]["cos_k_between_records"]) < 0.9 and max(probe[0]["cos_q_between_asks"]) < 0.9
+    torch.testing.assert_close(torch.tensor(probe[0]["cos_k_between_records"]),
+                               torch.tensor(probe[0]["cos_q_between_asks"]))   # same tokens, same projection
+
+
+@torch.no_grad()
+def test_memory_probe_sees_collapsed_queries():
+    """Every key token given one embedding (what training did to them: the 16 key embeddings ended at cos 0.94): the
+    queries asking for different records are one vector (cos 1, reported as collapsed), while the keys written at the
+    value tokens still differ."""
+    from hope_hf import HopeConfig, HopeForCausalLM
+
+    torch.manual_seed(0)
+    cfg = HopeConfig.from_preset("tiny", vocab_size=recall.VOCAB_SIZE, self_modifying=False)
+    model = HopeForCausalLM(cfg)
+    emb = model.model.embed_tokens.weight
+    emb[recall.KEYS] = emb[recall.KEYS[0]].clone()
+    probe = recall.memory_probe(model, 8, 128, 4, torch.Generator().manual_seed(0))
+    assert min(probe[0]["cos_q_between_asks"]) > 0.999
+    assert max(probe[0]["cos_k_between_records"]) < 0.9
