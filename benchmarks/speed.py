@@ -5,7 +5,8 @@
 1. Training throughput (forward + backward, tokens/s) of Hope presets next to a `LlamaForCausalLM` with the same
    vocabulary, width, depth and heads, tied embeddings, and an MLP width chosen so both have ~equal parameters, at
    512, 2048 and 8192 tokens; the FLOPs of each step (torch's FlopCounterMode) over the median time, as a fraction of
-   the dense-matmul FLOP/s measured in the same run.
+   the dense-matmul FLOP/s measured in the same run; aten operator calls per token; on CPU the activations saved for
+   backward (autograd's saved-tensor hooks) and the peak RSS of one step above the level before it.
 2. Forward-only time of Hope tiny with `set_memory_impl("fast")` vs `("reference")` under `torch.no_grad()`.
 
 Writes `<out>/speed.json` (machine description and every measurement, units in the key names) and `<out>/speed.png`,
@@ -13,6 +14,7 @@ and prints a markdown table.
 """
 
 import argparse
+import functools
 import os
 import statistics
 import time
@@ -35,6 +37,7 @@ VOCAB = {"tiny": 2048, "small": 32000}
 # (preset, length) pairs left out of the default CPU run, with the reason recorded in the JSON
 SKIP = {("small", 8192): "fwd+bwd of Hope small at 8192 tokens filled all 24 GiB of this machine's memory (swapping)"}
 REFERENCE_LIMIT_S = 60.0
+MIB = 2 ** 20
 
 
 def _sync(device):
@@ -94,6 +97,92 @@ def aten_calls(model, seq_len: int, batch_size: int = 1, device="cpu") -> dict:
     top = [e for e in events if not (e.cpu_parent is not None and e.cpu_parent.name.startswith("aten::"))]
     n = batch_size * seq_len
     return {"aten_calls_per_token": len(events) / n, "aten_top_level_calls_per_token": len(top) / n}
+
+
+def saved_for_backward_bytes(fn, params=()) -> int:
+    """Bytes of the distinct tensor storages autograd saves for backward while `fn()` builds its graph (the activation
+    memory a training step holds at its peak, before backward frees it), parameters in `params` excluded."""
+    own = {p.untyped_storage().data_ptr() for p in params}
+    seen = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        if st.data_ptr() not in own:
+            seen[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
+
+
+def _rss_kib(field: str):
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+    except (OSError, StopIteration):
+        return None
+
+
+def peak_rss_bytes(fn):
+    """Peak resident memory of this process while `fn()` runs, above its resident memory just before (Linux: the
+    VmHWM high-water mark, reset through /proc/self/clear_refs); None where that is not available."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None
+    before = _rss_kib("VmRSS")
+    fn()
+    peak = _rss_kib("VmHWM")
+    return None if before is None or peak is None else 1024 * (peak - before)
+
+
+def _peak_rss_child(build, seq_len, batch_size, queue):
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = build().train()
+    ids = torch.randint(3, model.config.vocab_size, (batch_size, seq_len))
+    queue.put(peak_rss_bytes(lambda: model(input_ids=ids, labels=ids, use_cache=False).loss.backward()))
+
+
+def peak_rss_in_fresh_process(build, seq_len: int, batch_size: int = 1):
+    """`peak_rss_bytes` of one fwd+bwd of `build()` (a picklable model factory) in a fresh process: in this one the
+    allocator keeps what earlier cases freed, so a smaller model's step would not raise the resident set at all."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_peak_rss_child, args=(build, seq_len, batch_size, queue))
+    proc.start()
+    try:
+        return queue.get(timeout=3600)
+    finally:
+        proc.join()
+
+
+def hope_preset(preset: str):
+    return HopeForCausalLM(HopeConfig.from_preset(preset, vocab_size=VOCAB.get(preset, 32000)))
+
+
+def llama_matching(preset: str, max_len: int):
+    return matched_llama(hope_preset(preset).config, max_len)
+
+
+def train_memory(model, seq_len: int, batch_size: int = 1, device="cpu", build=None) -> dict:
+    """Memory of one forward + backward (next-token loss) on CPU: the activations saved for backward (exact, from
+    autograd's saved-tensor hooks), and with `build` (a picklable factory of the same model) the peak RSS of that step
+    in a fresh process above its level before the step (what the allocator really touched: activations, gradients,
+    temporaries), each also per token."""
+    model.train()
+    ids = torch.randint(3, model.config.vocab_size, (batch_size, seq_len), device=device)
+    model.zero_grad(set_to_none=True)
+    saved = saved_for_backward_bytes(lambda: model(input_ids=ids, labels=ids, use_cache=False).loss,
+                                     list(model.parameters()))
+    rss = None if build is None else peak_rss_in_fresh_process(build, seq_len, batch_size)
+    n = batch_size * seq_len
+    return {"saved_activations_bytes": saved, "saved_activations_bytes_per_token": saved / n,
+            "peak_rss_above_start_bytes": rss, "peak_rss_above_start_bytes_per_token": None if rss is None else rss / n}
 
 
 def train_throughput(model, seq_len: int, batch_size: int, iters: int, budget_s: float, device="cpu",
@@ -184,20 +273,31 @@ def plot(rows: list[dict], path: Path):
 def markdown(results: dict) -> str:
     peak = results["matmul_peak"]
     header = ("| preset | tokens | Hope params | Llama params | Hope tok/s | Llama tok/s | Hope / Llama "
-              "| Hope % of peak | Llama % of peak | Hope / Llama aten calls per token |")
-    lines = [header, "|---|---|---|---|---|---|---|---|---|---|"]
+              "| Hope % of peak | Llama % of peak | Hope / Llama aten calls per token "
+              "| Hope / Llama activations KiB per token | Hope / Llama peak RSS MiB |")
+    lines = [header, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["throughput"]:
         h, l_ = r["hope"], r["llama"]
         lines.append(f"| {r['preset']} | {r['seq_len_tokens']} | {h['params'] / 1e6:.2f}M | {l_['params'] / 1e6:.2f}M "
                      f"| {h['tokens_per_s']:,.0f} | {l_['tokens_per_s']:,.0f} | {r['hope_over_llama_tokens_per_s']:.3f}x "
                      f"| {h['fraction_of_matmul_peak']:.1%} | {l_['fraction_of_matmul_peak']:.1%} | "
                      + (f"{h['aten_calls_per_token']:.0f} / {l_['aten_calls_per_token']:.1f} |"
-                        if "aten_calls_per_token" in h else "- |"))
+                        if "aten_calls_per_token" in h else "- |")
+                     + (f" {h['saved_activations_bytes_per_token'] / 1024:.1f} / "
+                        f"{l_['saved_activations_bytes_per_token'] / 1024:.1f} |" if "saved_activations_bytes" in h
+                        else " - |")
+                     + (f" {h['peak_rss_above_start_bytes'] / MIB:,.0f} / "
+                        f"{l_['peak_rss_above_start_bytes'] / MIB:,.0f} |"
+                        if h.get("peak_rss_above_start_bytes") is not None else " - |"))
     t = results["targets"]
     lines.append(f"\nMeasured dense-matmul peak: {peak['flops_per_s'] / 1e9:,.1f} GFLOP/s ({peak['dtype']}, "
                  f"{peak['n']}x{peak['n']}). Targets: Hope / Llama >= {t['hope_over_llama_tokens_per_s_at_2048']} at "
                  f"2048 tokens and > {t['hope_over_llama_tokens_per_s_at_8192']} at 8192; >= "
-                 f"{t['fraction_of_matmul_peak']:.0%} of the matmul peak.")
+                 f"{t['fraction_of_matmul_peak']:.0%} of the matmul peak"
+                 + (f"; activations saved for backward per token <= {t['hope_over_llama_saved_activations']}x "
+                    f"Llama's; peak RSS of one fwd+bwd (above the level before it) of small at 8192 tokens <= "
+                    f"{t['small_peak_rss_at_8192_bytes'] / 2 ** 30:.0f} GiB" if "hope_over_llama_saved_activations" in t
+                    else "") + ".")
     s = results.get("memory_impl_speedup")
     if s:
         lines.append(f"\nChunk-parallel memories vs the token-by-token reference (Hope tiny, forward, "
@@ -216,12 +316,13 @@ def markdown(results: dict) -> str:
 
 def run(presets=("tiny", "small"), lengths=(512, 2048, 8192), ref_len=1024, iters=3, budget_s=60.0, batch_size=1,
         out="benchmarks/results", quick=False, device="cpu", autocast_dtype=None, name="speed",
-        reference=True, skip=None, aten_max_len=2048) -> dict:
+        reference=True, skip=None, aten_max_len=2048, rss=True) -> dict:
     """Run every case, write `<out>/<name>.json` and `<out>/<name>.png`, return the results.
 
     Each model's FLOPs are counted in the untimed warm-up call at every length; `peak` is a dense matmul measured
     in the same run, in the dtype the models compute in (float32, or `autocast_dtype`). aten calls per token
-    (`aten_calls`) are counted at lengths <= `aten_max_len` (the profiler keeps every event in memory)."""
+    (`aten_calls`) are counted at lengths <= `aten_max_len` (the profiler keeps every event in memory). On CPU,
+    `train_memory` per case; `rss` also measures each step's peak RSS in a fresh process."""
     bench = Run()
     peak = matmul_peak_flops(device, autocast_dtype or torch.float32)
     skip = SKIP if skip is None and torch.device(device).type == "cpu" else (skip or {})
@@ -229,9 +330,11 @@ def run(presets=("tiny", "small"), lengths=(512, 2048, 8192), ref_len=1024, iter
     progress = tqdm(total=len(presets) * len(lengths), desc=name)
     for preset in presets:
         torch.manual_seed(0)
-        hope = HopeForCausalLM(HopeConfig.from_preset(preset, vocab_size=VOCAB.get(preset, 32000))).to(device)
+        hope = hope_preset(preset).to(device)
         torch.manual_seed(0)
         llama = matched_llama(hope.config, max(lengths)).to(device)
+        builders = {"hope": functools.partial(hope_preset, preset),
+                    "llama": functools.partial(llama_matching, preset, max(lengths))}
         for seq_len in lengths:
             if (preset, seq_len) in skip:
                 skipped.append({"preset": preset, "seq_len_tokens": seq_len, "reason": skip[(preset, seq_len)]})
@@ -244,12 +347,17 @@ def run(presets=("tiny", "small"), lengths=(512, 2048, 8192), ref_len=1024, iter
                 r["fraction_of_matmul_peak"] = r["achieved_flops_per_s"] / peak["flops_per_s"]
                 if seq_len <= aten_max_len:
                     r.update(aten_calls(model, seq_len, batch_size, device))
+                if torch.device(device).type == "cpu":
+                    r.update(train_memory(model, seq_len, batch_size, device, builders[key] if rss else None))
                 row[key] = {"params": n_params(model), "hidden_size": cfg.hidden_size,
                             "num_hidden_layers": cfg.num_hidden_layers, "vocab_size": cfg.vocab_size,
                             "tie_word_embeddings": cfg.tie_word_embeddings,
                             **({"intermediate_size": cfg.intermediate_size} if key == "llama" else {}), **r}
             row["param_ratio_llama_over_hope"] = row["llama"]["params"] / row["hope"]["params"]
             row["hope_over_llama_tokens_per_s"] = row["hope"]["tokens_per_s"] / row["llama"]["tokens_per_s"]
+            if "saved_activations_bytes" in row["hope"]:
+                row["hope_over_llama_saved_activations"] = (row["hope"]["saved_activations_bytes"]
+                                                            / row["llama"]["saved_activations_bytes"])
             rows.append(row)
             progress.update()
         del hope, llama
@@ -259,7 +367,8 @@ def run(presets=("tiny", "small"), lengths=(512, 2048, 8192), ref_len=1024, iter
                             "dtype": "float32" if autocast_dtype is None else f"autocast {autocast_dtype}",
                             "warmup": "one untimed fwd+bwd per model and length, under FlopCounterMode"},
                "targets": {"hope_over_llama_tokens_per_s_at_2048": 0.8, "hope_over_llama_tokens_per_s_at_8192": 1.0,
-                           "fraction_of_matmul_peak": 0.4, "fast_over_reference_speedup_at_1024": 10.0},
+                           "fraction_of_matmul_peak": 0.4, "fast_over_reference_speedup_at_1024": 10.0,
+                           "hope_over_llama_saved_activations": 1.5, "small_peak_rss_at_8192_bytes": 8 * 2 ** 30},
                "matmul_peak": peak, "throughput": rows, "skipped": skipped}
     if reference:
         results["memory_impl_speedup"] = memory_impl_speedup(ref_len, iters, budget_s)

@@ -27,12 +27,18 @@ def test_speed_benchmark_smallest_case(tmp_path):
         assert r["achieved_flops_per_s"] == r["flops_per_step"] / r["median_s"]
         assert 0 < r["fraction_of_matmul_peak"]
         assert 0 < r["aten_top_level_calls_per_token"] <= r["aten_calls_per_token"]
+        assert r["saved_activations_bytes"] == 64 * r["saved_activations_bytes_per_token"] > 0
+        if sys.platform == "linux":                  # a fresh process per case: the step's own activations show
+            assert r["peak_rss_above_start_bytes"] > r["saved_activations_bytes"] / 2
     assert 0.9 < row["param_ratio_llama_over_hope"] < 1.1
     s = data["memory_impl_speedup"]
     assert s["seq_len_tokens"] == 64 and s["fast_median_s"] > 0 and s["reference_median_s"] > 0 and s["speedup_x"] > 0
     assert data["wall_time_s"] > 0
     assert "| tiny | 64 |" in speed.markdown(results)
     assert row["hope"]["aten_calls_per_token"] > row["llama"]["aten_calls_per_token"]
+    assert row["hope_over_llama_saved_activations"] == (row["hope"]["saved_activations_bytes"]
+                                                        / row["llama"]["saved_activations_bytes"])
+    assert "activations KiB per token" in speed.markdown(results)
 
 
 def test_aten_calls_counts_every_operator_call_of_a_step():
@@ -58,3 +64,25 @@ def test_flop_counter_counts_a_matmul():
 
     a, b = torch.ones(8, 16), torch.ones(16, 4)
     assert speed.count_flops(lambda: a @ b) == 2 * 8 * 16 * 4
+
+
+def test_saved_for_backward_counts_activations_once_and_not_parameters():
+    import torch
+
+    w = torch.nn.Parameter(torch.ones(16, 8))
+    x = torch.ones(32, 16, requires_grad=True)
+
+    def fn():
+        h = x @ w                   # saves x (2 KiB) and w (a parameter: not counted)
+        return (h * h).sum() + (h * 3).sum()    # h * h saves h (1 KiB) twice: counted once; h * 3 saves nothing
+
+    assert speed.saved_for_backward_bytes(fn, [w]) == 4 * (32 * 16 + 32 * 8)
+    assert speed.saved_for_backward_bytes(fn) == 4 * (32 * 16 + 32 * 8 + 16 * 8)
+
+
+def test_peak_rss_sees_a_large_temporary():
+    import torch
+
+    rss = speed.peak_rss_bytes(lambda: torch.ones(64 * 2 ** 20 // 4).add_(1).sum())   # 64 MiB, freed on return
+    if rss is not None:                                                          # Linux
+        assert 60 * 2 ** 20 <= rss < 200 * 2 ** 20
