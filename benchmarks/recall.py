@@ -342,8 +342,10 @@ def markdown(results: dict) -> str:
             lines.append(f"- layer {i}: cos match {mean(p['cos_kq_match']):.2f} vs other {mean(p['cos_kq_other']):.2f} "
                          f"(head {best}: {p['cos_kq_match'][best]:.2f} vs {p['cos_kq_other'][best]:.2f}); eta at values "
                          f"{mean(p['eta_at_values']):.3f} vs {mean(p['eta_mean']):.3f}; retention "
-                         f"{mean(p['alpha_mean']):.4f}; cos between records' queries {mean(p['cos_q_between_asks']):.2f}, "
-                         f"keys {mean(p['cos_k_between_records']):.2f}, values {mean(p['cos_v_between_records']):.2f}")
+                         f"{mean(p['alpha_mean']):.4f}" + (
+                             f"; cos between records' queries {mean(p['cos_q_between_asks']):.2f}, keys "
+                             f"{mean(p['cos_k_between_records']):.2f}, values {mean(p['cos_v_between_records']):.2f}"
+                             if "cos_q_between_asks" in p else ""))      # absent from results of before 2026-11-30
     k = results["target_length_multiple"]
     lines.append(f"\nTarget: Hope >= {results['target_hope_acc_at_4L']:.0%} of the answers at {k}L "
                  f"({s['test_lengths_tokens'][s['multiples'].index(k)]} tokens); measured "
