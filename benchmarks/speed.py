@@ -138,25 +138,50 @@ def peak_rss_bytes(fn):
     return None if before is None or peak is None else 1024 * (peak - before)
 
 
-def _peak_rss_child(build, seq_len, batch_size, queue):
+def _memory_child(build, seq_len, batch_size, queue):
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = build().train()
     ids = torch.randint(3, model.config.vocab_size, (batch_size, seq_len))
-    queue.put(peak_rss_bytes(lambda: model(input_ids=ids, labels=ids, use_cache=False).loss.backward()))
+    saved = []
+
+    def step():
+        saved.append(saved_for_backward_bytes(lambda: model(input_ids=ids, labels=ids, use_cache=False).loss.backward(),
+                                              list(model.parameters())))
+
+    rss = peak_rss_bytes(step)
+    queue.put((saved[0], rss))
 
 
-def peak_rss_in_fresh_process(build, seq_len: int, batch_size: int = 1):
-    """`peak_rss_bytes` of one fwd+bwd of `build()` (a picklable model factory) in a fresh process: in this one the
-    allocator keeps what earlier cases freed, so a smaller model's step would not raise the resident set at all."""
+def _release_free_memory():
+    """Hand the C heap's free pages back to the OS (glibc `malloc_trim`), so that a child process has room."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def memory_in_fresh_process(build, seq_len: int, batch_size: int = 1):
+    """(saved activation bytes, peak RSS bytes or None) of one fwd+bwd of `build()` (a picklable model factory) in a
+    fresh process: this one's allocator keeps what earlier cases freed (a smaller model's step would not raise its
+    resident set at all) and fragments (small at 2048 tokens ran it out of 24 GiB). (None, None) if the child dies."""
     import multiprocessing as mp
+    import queue as queue_mod
 
+    _release_free_memory()
     ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_peak_rss_child, args=(build, seq_len, batch_size, queue))
+    results = ctx.Queue()
+    proc = ctx.Process(target=_memory_child, args=(build, seq_len, batch_size, results))
     proc.start()
     try:
-        return queue.get(timeout=3600)
+        while True:
+            try:
+                return results.get(timeout=5)
+            except queue_mod.Empty:
+                if not proc.is_alive():
+                    return None, None
     finally:
         proc.join()
 
@@ -171,18 +196,22 @@ def llama_matching(preset: str, max_len: int):
 
 def train_memory(model, seq_len: int, batch_size: int = 1, device="cpu", build=None) -> dict:
     """Memory of one forward + backward (next-token loss) on CPU: the activations saved for backward (exact, from
-    autograd's saved-tensor hooks), and with `build` (a picklable factory of the same model) the peak RSS of that step
-    in a fresh process above its level before the step (what the allocator really touched: activations, gradients,
-    temporaries), each also per token."""
-    model.train()
-    ids = torch.randint(3, model.config.vocab_size, (batch_size, seq_len), device=device)
-    model.zero_grad(set_to_none=True)
-    saved = saved_for_backward_bytes(lambda: model(input_ids=ids, labels=ids, use_cache=False).loss,
-                                     list(model.parameters()))
-    rss = None if build is None else peak_rss_in_fresh_process(build, seq_len, batch_size)
+    autograd's saved-tensor hooks) and the peak RSS of the step above the level before it (what the allocator really
+    touched: activations, gradients, temporaries), each also per token. With `build` (a picklable factory of the same
+    model) both come from a fresh process (`memory_in_fresh_process`); without, the saved bytes from this one."""
     n = batch_size * seq_len
-    return {"saved_activations_bytes": saved, "saved_activations_bytes_per_token": saved / n,
-            "peak_rss_above_start_bytes": rss, "peak_rss_above_start_bytes_per_token": None if rss is None else rss / n}
+    if build is not None:
+        saved, rss = memory_in_fresh_process(build, seq_len, batch_size)
+    else:
+        model.train()
+        ids = torch.randint(3, model.config.vocab_size, (batch_size, seq_len), device=device)
+        model.zero_grad(set_to_none=True)
+        saved = saved_for_backward_bytes(lambda: model(input_ids=ids, labels=ids, use_cache=False).loss,
+                                         list(model.parameters()))
+        rss = None
+    per = lambda b: None if b is None else b / n
+    return {"saved_activations_bytes": saved, "saved_activations_bytes_per_token": per(saved),
+            "peak_rss_above_start_bytes": rss, "peak_rss_above_start_bytes_per_token": per(rss)}
 
 
 def train_throughput(model, seq_len: int, batch_size: int, iters: int, budget_s: float, device="cpu",
@@ -284,11 +313,12 @@ def markdown(results: dict) -> str:
                      + (f"{h['aten_calls_per_token']:.0f} / {l_['aten_calls_per_token']:.1f} |"
                         if "aten_calls_per_token" in h else "- |")
                      + (f" {h['saved_activations_bytes_per_token'] / 1024:.1f} / "
-                        f"{l_['saved_activations_bytes_per_token'] / 1024:.1f} |" if "saved_activations_bytes" in h
-                        else " - |")
+                        f"{l_['saved_activations_bytes_per_token'] / 1024:.1f} |"
+                        if h.get("saved_activations_bytes") and l_.get("saved_activations_bytes") else " - |")
                      + (f" {h['peak_rss_above_start_bytes'] / MIB:,.0f} / "
                         f"{l_['peak_rss_above_start_bytes'] / MIB:,.0f} |"
-                        if h.get("peak_rss_above_start_bytes") is not None else " - |"))
+                        if h.get("peak_rss_above_start_bytes") is not None
+                        and l_.get("peak_rss_above_start_bytes") is not None else " - |"))
     t = results["targets"]
     lines.append(f"\nMeasured dense-matmul peak: {peak['flops_per_s'] / 1e9:,.1f} GFLOP/s ({peak['dtype']}, "
                  f"{peak['n']}x{peak['n']}). Targets: Hope / Llama >= {t['hope_over_llama_tokens_per_s_at_2048']} at "
@@ -316,7 +346,7 @@ def markdown(results: dict) -> str:
 
 def run(presets=("tiny", "small"), lengths=(512, 2048, 8192), ref_len=1024, iters=3, budget_s=60.0, batch_size=1,
         out="benchmarks/results", quick=False, device="cpu", autocast_dtype=None, name="speed",
-        reference=True, skip=None, aten_max_len=2048, rss=True) -> dict:
+        reference=True, skip=None, aten_max_len=512, rss=True) -> dict:
     """Run every case, write `<out>/<name>.json` and `<out>/<name>.png`, return the results.
 
     Each model's FLOPs are counted in the untimed warm-up call at every length; `peak` is a dense matmul measured
@@ -355,7 +385,7 @@ def run(presets=("tiny", "small"), lengths=(512, 2048, 8192), ref_len=1024, iter
                             **({"intermediate_size": cfg.intermediate_size} if key == "llama" else {}), **r}
             row["param_ratio_llama_over_hope"] = row["llama"]["params"] / row["hope"]["params"]
             row["hope_over_llama_tokens_per_s"] = row["hope"]["tokens_per_s"] / row["llama"]["tokens_per_s"]
-            if "saved_activations_bytes" in row["hope"]:
+            if row["hope"].get("saved_activations_bytes") and row["llama"].get("saved_activations_bytes"):
                 row["hope_over_llama_saved_activations"] = (row["hope"]["saved_activations_bytes"]
                                                             / row["llama"]["saved_activations_bytes"])
             rows.append(row)
