@@ -43,14 +43,16 @@ def machine_info() -> dict:
 
 
 def busy_cpu_s() -> tuple[float, float] | None:
-    """(CPU seconds spent by all processes since boot, by this process) on Linux; None elsewhere."""
+    """(CPU seconds spent by all processes since boot, by this process and its finished child processes) on Linux;
+    None elsewhere."""
     try:
         with open("/proc/stat") as f:
             user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
     except (OSError, ValueError):
         return None
     own = os.times()
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK"), own.user + own.system
+    return ((user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK"),
+            own.user + own.system + own.children_user + own.children_system)
 
 
 class Run:
