@@ -77,18 +77,24 @@ def count_flops(fn) -> int:
     return int(counter.get_total_flops())
 
 
+def next_token_loss(model, seq_len: int, batch_size: int = 1, device="cpu"):
+    """`model` in training mode and a function computing its next-token loss on one fixed batch of random ids."""
+    model.train()
+    ids = torch.randint(3, model.config.vocab_size, (batch_size, seq_len), device=device)
+    return lambda: model(input_ids=ids, labels=ids, use_cache=False).loss
+
+
 def aten_calls(model, seq_len: int, batch_size: int = 1, device="cpu") -> dict:
     """aten operator calls of one forward + backward (next-token loss) after a warm-up call, counted by
     torch.profiler: every `aten::` event (calls made inside other aten ops included, the issue's measure) and the
     top-level ones (made from Python or autograd), each per token of the batch."""
     from torch.profiler import ProfilerActivity, profile
 
-    model.train()
-    ids = torch.randint(3, model.config.vocab_size, (batch_size, seq_len), device=device)
+    loss = next_token_loss(model, seq_len, batch_size, device)
 
     def step():
         model.zero_grad(set_to_none=True)
-        model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+        loss().backward()
 
     step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -141,13 +147,12 @@ def peak_rss_bytes(fn):
 def _memory_child(build, seq_len, batch_size, queue):
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = build().train()
-    ids = torch.randint(3, model.config.vocab_size, (batch_size, seq_len))
+    model = build()
+    loss = next_token_loss(model, seq_len, batch_size)
     saved = []
 
     def step():
-        saved.append(saved_for_backward_bytes(lambda: model(input_ids=ids, labels=ids, use_cache=False).loss.backward(),
-                                              list(model.parameters())))
+        saved.append(saved_for_backward_bytes(lambda: loss().backward(), list(model.parameters())))
 
     rss = peak_rss_bytes(step)
     queue.put((saved[0], rss))
@@ -186,29 +191,25 @@ def memory_in_fresh_process(build, seq_len: int, batch_size: int = 1):
         proc.join()
 
 
+def preset_config(preset: str) -> HopeConfig:
+    return HopeConfig.from_preset(preset, vocab_size=VOCAB.get(preset, 32000))
+
+
 def hope_preset(preset: str):
-    return HopeForCausalLM(HopeConfig.from_preset(preset, vocab_size=VOCAB.get(preset, 32000)))
+    return HopeForCausalLM(preset_config(preset))
 
 
 def llama_matching(preset: str, max_len: int):
-    return matched_llama(hope_preset(preset).config, max_len)
+    return matched_llama(preset_config(preset), max_len)
 
 
-def train_memory(model, seq_len: int, batch_size: int = 1, device="cpu", build=None) -> dict:
-    """Memory of one forward + backward (next-token loss) on CPU: the activations saved for backward (exact, from
-    autograd's saved-tensor hooks) and the peak RSS of the step above the level before it (what the allocator really
-    touched: activations, gradients, temporaries), each also per token. With `build` (a picklable factory of the same
-    model) both come from a fresh process (`memory_in_fresh_process`); without, the saved bytes from this one."""
+def train_memory(build, seq_len: int, batch_size: int = 1) -> dict:
+    """Memory of one forward + backward (next-token loss) on CPU of the model `build()` makes (a picklable factory),
+    in a fresh process (`memory_in_fresh_process`): the activations saved for backward (exact, from autograd's
+    saved-tensor hooks) and the peak RSS of the step above the level before it (what the allocator really touched:
+    activations, gradients, temporaries), each also per token."""
     n = batch_size * seq_len
-    if build is not None:
-        saved, rss = memory_in_fresh_process(build, seq_len, batch_size)
-    else:
-        model.train()
-        ids = torch.randint(3, model.config.vocab_size, (batch_size, seq_len), device=device)
-        model.zero_grad(set_to_none=True)
-        saved = saved_for_backward_bytes(lambda: model(input_ids=ids, labels=ids, use_cache=False).loss,
-                                         list(model.parameters()))
-        rss = None
+    saved, rss = memory_in_fresh_process(build, seq_len, batch_size)
     per = lambda b: None if b is None else b / n
     return {"saved_activations_bytes": saved, "saved_activations_bytes_per_token": per(saved),
             "peak_rss_above_start_bytes": rss, "peak_rss_above_start_bytes_per_token": per(rss)}
@@ -218,14 +219,13 @@ def train_throughput(model, seq_len: int, batch_size: int, iters: int, budget_s:
                      autocast_dtype=None, flops: bool = True) -> dict:
     """Forward + backward (next-token loss) on random ids; no optimizer step. The untimed warm-up call counts the
     FLOPs (`flops=True`); achieved FLOP/s = counted FLOPs / median time."""
-    model.train()
-    ids = torch.randint(3, model.config.vocab_size, (batch_size, seq_len), device=device)
+    loss = next_token_loss(model, seq_len, batch_size, device)
 
     def step():
         model.zero_grad(set_to_none=True)
         with torch.autocast(torch.device(device).type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
-        loss.backward()
+            value = loss()
+        value.backward()
 
     cuda = torch.device(device).type == "cuda"
     if cuda:
@@ -346,13 +346,13 @@ def markdown(results: dict) -> str:
 
 def run(presets=("tiny", "small"), lengths=(512, 2048, 8192), ref_len=1024, iters=3, budget_s=60.0, batch_size=1,
         out="benchmarks/results", quick=False, device="cpu", autocast_dtype=None, name="speed",
-        reference=True, skip=None, aten_max_len=512, rss=True) -> dict:
+        reference=True, skip=None, aten_max_len=512) -> dict:
     """Run every case, write `<out>/<name>.json` and `<out>/<name>.png`, return the results.
 
     Each model's FLOPs are counted in the untimed warm-up call at every length; `peak` is a dense matmul measured
     in the same run, in the dtype the models compute in (float32, or `autocast_dtype`). aten calls per token
     (`aten_calls`) are counted at lengths <= `aten_max_len` (the profiler keeps every event in memory). On CPU,
-    `train_memory` per case; `rss` also measures each step's peak RSS in a fresh process."""
+    `train_memory` (saved activations and peak RSS, in a fresh process) per case."""
     bench = Run()
     peak = matmul_peak_flops(device, autocast_dtype or torch.float32)
     skip = SKIP if skip is None and torch.device(device).type == "cpu" else (skip or {})
@@ -362,7 +362,7 @@ def run(presets=("tiny", "small"), lengths=(512, 2048, 8192), ref_len=1024, iter
         torch.manual_seed(0)
         hope = hope_preset(preset).to(device)
         torch.manual_seed(0)
-        llama = matched_llama(hope.config, max(lengths)).to(device)
+        llama = llama_matching(preset, max(lengths)).to(device)
         builders = {"hope": functools.partial(hope_preset, preset),
                     "llama": functools.partial(llama_matching, preset, max(lengths))}
         for seq_len in lengths:
@@ -378,7 +378,7 @@ def run(presets=("tiny", "small"), lengths=(512, 2048, 8192), ref_len=1024, iter
                 if seq_len <= aten_max_len:
                     r.update(aten_calls(model, seq_len, batch_size, device))
                 if torch.device(device).type == "cpu":
-                    r.update(train_memory(model, seq_len, batch_size, device, builders[key] if rss else None))
+                    r.update(train_memory(builders[key], seq_len, batch_size))
                 row[key] = {"params": n_params(model), "hidden_size": cfg.hidden_size,
                             "num_hidden_layers": cfg.num_hidden_layers, "vocab_size": cfg.vocab_size,
                             "tie_word_embeddings": cfg.tie_word_embeddings,
