@@ -3,7 +3,8 @@
 The single source is the template `hope_hf/model_card_template.md` (shipped as package data); `render_model_card`
 fills its `{{placeholders}}` and `write_model_card` writes the result as `README.md` into a saved model directory.
 
-    python -m hope_hf.cards --preset tiny --vocab-size 2048 --name hope-demo-tiny -o model_cards/demo-tiny.md
+    python -m hope_hf.cards --preset tiny --vocab-size 2048 --name hope-demo-tiny --demo-steps 150 \
+        -o model_cards/demo-tiny.md
     python -m hope_hf.cards --checkpoint runs/demo -o runs/demo/README.md
 """
 
@@ -39,7 +40,9 @@ FIELD_DOCS = {
     "memory_lr_max": "upper bound of the memory learning rates",
     "memory_lr_init": "memory learning rate at initialisation",
     "memory_retention_init": "range of the memory retention gates over the heads at initialisation",
+    "projection_lr_scale_init": "initial learning-rate scale of the self-modifying projection memories",
     "cms_lr_init": "initial CMS learning rate",
+    "cms_out_scale_init": "initial output scale of each CMS level (0: the level starts silent)",
     "cms_teach_signal": "where the CMS error signal comes from",
     "rms_norm_eps": "RMSNorm epsilon",
     "initializer_range": "std of the weight initialisation",

@@ -3,6 +3,8 @@
 Hub-facing file: imports only torch/transformers and siblings with single-dot relative imports.
 """
 
+import math
+
 from transformers import PreTrainedConfig
 
 TEACH_SIGNALS = ("final",)
@@ -50,6 +52,9 @@ class HopeConfig(PreTrainedConfig):
     Chunks: the k/v/q/eta/alpha memories step every `projection_chunk_size` tokens, the output memory every
     `memory_chunk_size` tokens (Eq. 90-91), CMS level l every `cms_chunk_sizes[l]` tokens (NeurIPS Eq. 31).
     Every chunk size must divide the larger ones, so all boundaries line up per sample.
+    The self-modifying k/v/q/eta/alpha memories learn at s_h eta_t (a learned per-head scale starting at
+    `projection_lr_scale_init`), the output memory at eta_t.
+    Each CMS level adds g_l MLP_l(norm x) to the residual stream; the scales g_l start at `cms_out_scale_init`.
 
     Ablations: `self_modifying=False` (static k/v/q/eta/alpha projections: plain Titans LMM), `use_dgd=False`
     (plain gradient step with retention, Titans Eq. 13-14), `use_momentum=False`, `adaptive_query=False`
@@ -77,7 +82,9 @@ class HopeConfig(PreTrainedConfig):
     memory_lr_max: float = 0.1
     memory_lr_init: float = 0.012
     memory_retention_init: list[float] | None = None
+    projection_lr_scale_init: float = 0.01
     cms_lr_init: float = 1e-3
+    cms_out_scale_init: float = 0.0
     cms_teach_signal: str = "final"
     rms_norm_eps: float = 1e-6
     initializer_range: float = 0.02
@@ -158,6 +165,12 @@ class HopeConfig(PreTrainedConfig):
         if not 0 < self.memory_lr_init < self.memory_lr_max:
             raise ValueError(f"memory_lr_init must be in (0, memory_lr_max={self.memory_lr_max}), "
                              f"got {self.memory_lr_init!r}")
+        v = self.projection_lr_scale_init
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
+            raise ValueError(f"projection_lr_scale_init must be a number in (0, 1), got {v!r}")
+        v = self.cms_out_scale_init
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"cms_out_scale_init must be a finite number, got {v!r}")
         r = self.memory_retention_init
         if (not isinstance(r, list) or len(r) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, float))
                                                          for v in r) or not 0 < r[0] <= r[1] < 1):

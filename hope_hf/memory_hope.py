@@ -24,18 +24,20 @@ import torch.nn.functional as F
 # ----------------------------------------------------------------------------------------- one matrix layer
 
 
-def dgd_step(W, S, a, grad, eta, rho, alpha, beta=None, write=None):
+def dgd_step(W, S, a, grad, eta, rho, alpha, beta=None, write=None, prior=None):
     """Reference: one token of arXiv Eq. 88 with Titans momentum (Eq. 9-10), written literally.
 
         S_t = beta_t S_{t-1} - eta_t grad_t          (S_t = -eta_t grad_t without momentum)
         W_t = W_{t-1} (alpha_t I - rho_t a_t a_t^T) + S_t
 
     W, S, grad: [..., out, in]; a: [..., in]; eta, rho, alpha, beta, write: [...]. `write` (1 or 0) gates the
-    momentum's addition to W so that a masked position leaves W untouched. Returns (W_t, S_t)."""
+    momentum's addition to W so that a masked position leaves W untouched. With a `prior` P the retention pulls W
+    back to P instead of 0: alpha_t W_{t-1} becomes P + alpha_t (W_{t-1} - P). Returns (W_t, S_t)."""
     S = -eta[..., None, None] * grad + (0 if beta is None else beta[..., None, None] * S)
     Wa = (W @ a.unsqueeze(-1)).squeeze(-1)
     add = S if write is None else write[..., None, None] * S
-    W = alpha[..., None, None] * W - rho[..., None, None] * (Wa.unsqueeze(-1) * a.unsqueeze(-2)) + add
+    kept = alpha[..., None, None] * W if prior is None else prior + alpha[..., None, None] * (W - prior)
+    W = kept - rho[..., None, None] * (Wa.unsqueeze(-1) * a.unsqueeze(-2)) + add
     return W, S
 
 
@@ -76,7 +78,7 @@ def chunk_gates(log_alpha, log_beta=None, write=None, rho=None):
     return g
 
 
-def dgd_chunk(W0, S0, A, E, rho, log_alpha, log_beta=None, write=None, gates=None, X=None):
+def dgd_chunk(W0, S0, A, E, rho, log_alpha, log_beta=None, write=None, gates=None, X=None, prior=None):
     """C steps of `dgd_step` at once, for rank-one gradients grad_t = delta_t a_t^T: returns (W_C, S_C, R).
 
     R holds the in-chunk reads R_t = W_{t-1} x_t of the queries X [..., C, in] (the state after the writes of every
@@ -87,7 +89,8 @@ def dgd_chunk(W0, S0, A, E, rho, log_alpha, log_beta=None, write=None, gates=Non
     W0, S0: [..., out, in]; A: [..., C, in]; E: [..., C, out]; rho, log_alpha, log_beta: [..., C].
     `rho=None` drops the DGD term (plain gradient step); `log_beta=None` means no momentum; `write` [..., C] gates
     the momentum's addition to W (0 at masked positions); `gates` = `chunk_gates(log_alpha, log_beta, write, rho)`
-    when already computed.
+    when already computed; `prior` P: the retention pulls W back to P (the same sums on W - P, plus P; the DGD term
+    still reads the whole W_{t-1} a_t).
     With b_t = prod_{j<=t} alpha_j, B_t = prod_{j<=t} beta_j and y_t = W_{t-1} a_t, unrolling gives
         W_t = b_t W0 + c_t S0 + sum_{j<=t} G[t,j] e_j a_j^T - sum_{i<=t} (b_t/b_i) rho_i y_i a_i^T
     with G = Lb @ LB (Lb[t,i] = b_t/b_i, LB[i,j] = B_i/B_j) and c = Lb @ B. Multiplying W_{t-1} by a_t makes
@@ -98,14 +101,19 @@ def dgd_chunk(W0, S0, A, E, rho, log_alpha, log_beta=None, write=None, gates=Non
     g = gates if gates is not None else chunk_gates(log_alpha, log_beta, write, rho)
     C = A.shape[-2]
     At = A.transpose(-1, -2)
-    W = g["b_end"] * W0 + (E * g["G_end"]).transpose(-1, -2) @ A
+    D0 = W0 if prior is None else W0 - prior
+    W = g["b_end"] * D0 + (E * g["G_end"]).transpose(-1, -2) @ A
+    if prior is not None:
+        W = W + prior
     if g["c_end"] is not None:
         W = W + g["c_end"] * S0
 
     def reads_without_dgd(X):
         """W_{t-1} x_t for every row x_t of X without the DGD sum (which needs Y), and Q = X A^T."""
         Q = X @ At
-        R = g["b_prev"] * (X @ W0.transpose(-1, -2)) + (g["G_prev"] * Q) @ E
+        R = g["b_prev"] * (X @ D0.transpose(-1, -2)) + (g["G_prev"] * Q) @ E
+        if prior is not None:
+            R = R + X @ prior.transpose(-1, -2)
         if g["c_end"] is not None:
             R = R + g["c_prev"] * (X @ S0.transpose(-1, -2))
         return R, Q
@@ -196,16 +204,18 @@ def _masked_gates(eta, log_alpha, log_beta, mask):
     return eta, log_alpha, log_beta
 
 
-def memory_update(state, k, vhat, eta, log_alpha, log_beta, mask, objective, use_dgd, reference=False, query=None):
+def memory_update(state, k, vhat, eta, log_alpha, log_beta, mask, objective, use_dgd, reference=False, query=None,
+                  prior=None):
     """Write tokens [k, vhat] into a memory group; gradients use the chunk-start state (W1r, W2r) (Eq. 90-91).
 
     state tensors: [B, H, n, ...]; k: [B, H, 1, c, d]; vhat: [B, H, n, c, d]; eta, log_alpha: [B, H, c];
     log_beta: [H] or None; mask: [B, c] or None (all real). With `query` [B, H, n, c, d] also returns the reads
     M_{t-1}(q_t) of the running state before each position's own write and after every earlier one (Eq. 86/94;
-    design.md A1), else None.
+    design.md A1), else None. `prior`: (P1, P2), the states the retention pulls W1, W2 back to (None: zero).
     The fast path uses `dgd_chunk` (one token: `dgd_step`); the reference steps token by token with `dgd_step`,
     autograd gradients of the inner loss (Eq. 88 literally) and `mlp_memory` reads. Returns (new_state, reads)."""
     eta_m, log_alpha, log_beta = _masked_gates(eta, log_alpha, log_beta, mask)
+    P1, P2 = (None, None) if prior is None else prior
     new = dict(state)
     if not reference:
         h, d1, d2 = memory_errors(state["W1r"], state["W2r"], k, vhat, objective)
@@ -215,17 +225,20 @@ def memory_update(state, k, vhat, eta, log_alpha, log_beta, mask, objective, use
             alpha, beta = torch.exp(log_alpha[..., 0]), None if log_beta is None else torch.exp(log_beta[..., 0])
             rho = e if use_dgd else torch.zeros_like(e)
             outer = lambda d, x: d[..., 0, :].unsqueeze(-1) * x[..., 0, :].unsqueeze(-2)  # noqa: E731
-            new["W1"], S1 = dgd_step(state["W1"], state.get("S1"), h[..., 0, :], outer(d1, h), e, rho, alpha, beta, w)
-            new["W2"], S2 = dgd_step(state["W2"], state.get("S2"), k[..., 0, :], outer(d2, k), e, rho, alpha, beta, w)
+            new["W1"], S1 = dgd_step(state["W1"], state.get("S1"), h[..., 0, :], outer(d1, h), e, rho, alpha, beta, w,
+                                     P1)
+            new["W2"], S2 = dgd_step(state["W2"], state.get("S2"), k[..., 0, :], outer(d2, k), e, rho, alpha, beta, w,
+                                     P2)
         else:
             rho = eta_m if use_dgd else None
             gates = chunk_gates(log_alpha, log_beta, _write(mask, k.dtype), rho)
             neg_eta = -eta_m.unsqueeze(-1)
             E1, E2 = neg_eta * d1, neg_eta * d2
             # layer 2 first: its in-chunk reads W2_{t-1} q_t give layer 1's read inputs n(silu(W2_{t-1} q_t))
-            new["W2"], S2, r2 = dgd_chunk(state["W2"], state.get("S2"), k, E2, rho, None, gates=gates, X=query)
+            new["W2"], S2, r2 = dgd_chunk(state["W2"], state.get("S2"), k, E2, rho, None, gates=gates, X=query,
+                                          prior=P2)
             nq = None if query is None else _unit(F.silu(r2))[0]
-            new["W1"], S1, r1 = dgd_chunk(state["W1"], state.get("S1"), h, E1, rho, None, gates=gates, X=nq)
+            new["W1"], S1, r1 = dgd_chunk(state["W1"], state.get("S1"), h, E1, rho, None, gates=gates, X=nq, prior=P1)
             read = None if query is None else query + r1
         if log_beta is not None:
             new["S1"], new["S2"] = S1, S2
@@ -245,8 +258,8 @@ def memory_update(state, k, vhat, eta, log_alpha, log_beta, mask, objective, use
             a, rho = torch.exp(la), (e if use_dgd else torch.zeros_like(e))
             b = None if log_beta is None else torch.exp(log_beta[..., t])
             w = _write(mask, k.dtype, t)
-            new["W1"], S1 = dgd_step(new["W1"], new.get("S1"), h, g1, e, rho, a, b, w)
-            new["W2"], S2 = dgd_step(new["W2"], new.get("S2"), kt[..., 0, :], g2, e, rho, a, b, w)
+            new["W1"], S1 = dgd_step(new["W1"], new.get("S1"), h, g1, e, rho, a, b, w, P1)
+            new["W2"], S2 = dgd_step(new["W2"], new.get("S2"), kt[..., 0, :], g2, e, rho, a, b, w, P2)
             if log_beta is not None:
                 new["S1"], new["S2"] = S1, S2
     return new, (torch.cat(reads, -2) if reads else None)
@@ -299,9 +312,14 @@ def projection_memories(params, state, u, mask, offset, cfg, reference=False):
 
     u: each memory's input stream [B, H, n, T, d] (memories ordered k, v, eta, alpha[, q]); mask: [B, T] real tokens
     (None: all); offset: phase of column 0 on the chunk grid. params: W1, W2 ([H, n, d, h] / [H, n, h, d]),
-    eta_w/alpha_w [H, d], eta_b/alpha_b [H], log_beta [H] or None. Each memory reads its input with its chunk-start state (Eq. 90) and
-    writes (k_t, M_box(v_t)). Returns (k, v, q or None, eta, log_alpha, new_state); k and q are L2-normalised."""
+    eta_w/alpha_w [H, d], eta_b/alpha_b [H], lr_scale [H] (these memories learn at lr_scale * eta_t, capped by
+    `projection_eta`), log_beta [H] or None. Each memory reads its input with its chunk-start state (Eq. 90) and
+    writes (k_t, M_box(v_t)). Their retention pulls them back to M_0, not to 0 (issue #10: decaying to 0 forgets the
+    meta-learned projections within ~100 tokens at alpha = 0.98, so the keys of a late query no longer match those
+    written early). Returns (k, v, q or None, eta, log_alpha, new_state); k and q are L2-normalised;
+    eta is the unscaled rate (the output memory's)."""
     chunk, eta_max = cfg["projection_chunk_size"], cfg["memory_lr_max"]
+    M0 = (params["W1"][None], params["W2"][None])       # the retention pulls these memories back to M_0, not to 0
     outs = []
     alpha_w, alpha_b, eta_w, eta_b = (params[name][:, None] for name in ("alpha_w", "alpha_b", "eta_w", "eta_b"))
     for f, f_end in _column_ranges(u.shape[3], offset, chunk, reference):
@@ -313,9 +331,9 @@ def projection_memories(params, state, u, mask, offset, cfg, reference=False):
         eta = torch.minimum(eta_max * gate, (1 + log_alpha.exp()) / 2)          # |alpha - 2 eta| <= 1 (A6)
         q = F.normalize(r[:, :, 4], dim=-1) if r.shape[2] > 4 else None
         vhat = mlp_memory(state["W1r"], state["W2r"], v.unsqueeze(2))           # self-generated values (Eq. 87)
-        state, _ = memory_update(state, k.unsqueeze(2), vhat, projection_eta(eta, log_alpha, params["log_beta"]),
-                                 log_alpha, params["log_beta"], _cols(mask, f, f_end), cfg["memory_objective"],
-                                 cfg["use_dgd"], reference)
+        own_eta = projection_eta(eta * params["lr_scale"][:, None], log_alpha, params["log_beta"])
+        state, _ = memory_update(state, k.unsqueeze(2), vhat, own_eta, log_alpha, params["log_beta"],
+                                 _cols(mask, f, f_end), cfg["memory_objective"], cfg["use_dgd"], reference, prior=M0)
         state = _commit_reads(state, (offset + f_end) % chunk == 0, mask, f_end)
         outs.append((k, v, q, eta, log_alpha))
     k, v, q, eta, log_alpha = (None if o[0] is None else torch.cat(o, dim=-2 if o[0].dim() == 4 else -1)

@@ -71,15 +71,23 @@ def causal_conv(x, mask, tail, weight):
 
 
 class HopeSelfModifyingMemory(nn.Module):
-    """Self-modifying Titans (arXiv Eq. 86-89, 94-95, 97) with a causal conv, output norm and SiLU gate."""
+    """Self-modifying Titans (arXiv Eq. 86-89, 94-95, 97) with a causal conv, output norm and SiLU gate.
+
+    Input streams (each with its conv): q, k, v, and with self-modification a fourth one read by the gate memories
+    M_eta, M_alpha (Eq. 86 reads eta_t, alpha_t from the input, not from the keys). The projection memories start as
+    the identity (W1 = 0: k, v, q are the streams themselves, as in Titans) and write at s_h eta_t, with a learned
+    per-head scale s_h = sigmoid(bank_lr_logit_h) starting at `projection_lr_scale_init` (issue #10: the gate memories
+    on the key stream, random initial memories and writes at the full shared rate each kept recall from being
+    learned)."""
 
     def __init__(self, config: HopeConfig):
         super().__init__()
         D, H, d, h = config.hidden_size, config.num_attention_heads, config.head_dim, config.memory_hidden_size
         self.config = config
         self.norm = HopeRMSNorm(D, config.rms_norm_eps)
-        self.in_proj = nn.Linear(D, 3 * D, bias=False)                  # q, k, v streams (Titans §4.4)
-        self.conv_weight = nn.Parameter(torch.zeros(3 * D, config.conv_size))
+        self.n_streams = 4 if config.self_modifying else 3
+        self.in_proj = nn.Linear(D, self.n_streams * D, bias=False)     # q, k, v(, gate) streams (Titans §4.4)
+        self.conv_weight = nn.Parameter(torch.zeros(self.n_streams * D, config.conv_size))
         if config.self_modifying:
             n = 5 if config.adaptive_query else 4                        # k, v, eta, alpha[, q]
             self.bank_W1 = nn.Parameter(torch.zeros(H, n, d, h))          # meta-learned initial states M_box,0
@@ -88,6 +96,7 @@ class HopeSelfModifyingMemory(nn.Module):
             self.eta_b = nn.Parameter(torch.zeros(H))
             self.alpha_w = nn.Parameter(torch.zeros(H, d))
             self.alpha_b = nn.Parameter(torch.zeros(H))
+            self.bank_lr_logit = nn.Parameter(torch.zeros(H))                # s_h = sigmoid(bank_lr_logit)
             if config.use_momentum:
                 self.bank_beta_logit = nn.Parameter(torch.zeros(H))
         else:
@@ -108,7 +117,8 @@ class HopeSelfModifyingMemory(nn.Module):
 
     def init_state(self, batch_size, device, dtype):
         c = self.config
-        state = {"conv": torch.zeros(batch_size, c.conv_size - 1, 3 * c.hidden_size, device=device, dtype=dtype),
+        state = {"conv": torch.zeros(batch_size, c.conv_size - 1, self.n_streams * c.hidden_size, device=device,
+                                     dtype=dtype),
                  "mem": init_memory_state(self.mem_W1, self.mem_W2, batch_size, c.use_momentum)}
         if c.self_modifying:
             state["bank"] = init_memory_state(self.bank_W1, self.bank_W2, batch_size, c.use_momentum)
@@ -120,16 +130,16 @@ class HopeSelfModifyingMemory(nn.Module):
         H, d = c.num_attention_heads, c.head_dim
         xn = self.norm(x)
         z, conv_tail = causal_conv(self.in_proj(xn), mask, state["conv"], self.conv_weight)
-        uq, uk, uv = F.silu(z).view(B, S, 3, H, d).permute(2, 0, 3, 1, 4)           # 3 x [B, H, S, d]
+        uq, uk, uv, *ug = F.silu(z).view(B, S, self.n_streams, H, d).permute(2, 0, 3, 1, 4)  # [B, H, S, d] each
         fn_cfg = self._fn_config()
         new_state = {"conv": conv_tail}
         wmask = mask if write else torch.zeros(B, S, dtype=torch.bool, device=x.device)  # False: read-only memories
         if c.self_modifying:
             params = {"W1": self.bank_W1, "W2": self.bank_W2, "eta_w": self.eta_w, "eta_b": self.eta_b,
-                      "alpha_w": self.alpha_w, "alpha_b": self.alpha_b,
+                      "alpha_w": self.alpha_w, "alpha_b": self.alpha_b, "lr_scale": torch.sigmoid(self.bank_lr_logit),
                       "log_beta": F.logsigmoid(self.bank_beta_logit) if c.use_momentum else None}
-            # M_k, M_v, M_q read their own streams; the gate memories M_eta, M_alpha read the key stream
-            streams = (uk, uv, uk, uk, uq) if c.adaptive_query else (uk, uv, uk, uk)
+            # M_k, M_v, M_q read their own streams; the gate memories M_eta, M_alpha read the gate stream
+            streams = (uk, uv, ug[0], ug[0], uq) if c.adaptive_query else (uk, uv, ug[0], ug[0])
             k, v, q, eta, log_alpha, new_state["bank"] = projection_memories(
                 params, state["bank"], torch.stack(streams, 2), wmask, offset, fn_cfg, reference)
             if q is None:
@@ -147,8 +157,10 @@ class HopeSelfModifyingMemory(nn.Module):
 
 
 class HopeCMSLevel(nn.Module):
-    """One CMS level (NeurIPS Eq. 30): pre-norm SiLU-gated MLP with a residual. Its weights are the meta-learned
-    initial state theta_0; the in-context fast weights live in the cache (Eq. 31)."""
+    """One CMS level (NeurIPS Eq. 30): pre-norm SiLU-gated MLP with a residual, x + g MLP_theta(norm x). Its weights
+    are the meta-learned initial state theta_0; the in-context fast weights live in the cache (Eq. 31). The output
+    scale g (ReZero) starts at `cms_out_scale_init` = 0: a level that starts as a live MLP after the memory keeps the
+    model from learning associative recall (measured in issue #10), one that starts silent grows as it helps."""
 
     def __init__(self, config: HopeConfig):
         super().__init__()
@@ -158,13 +170,14 @@ class HopeCMSLevel(nn.Module):
         self.up = nn.Parameter(torch.zeros(I, D))
         self.down = nn.Parameter(torch.zeros(D, I))
         self.lr_logit = nn.Parameter(torch.zeros(()))                               # eta_l = softplus(lr_logit)
+        self.out_scale = nn.Parameter(torch.zeros(()))                              # g
 
     def theta0(self):
         return (self.gate, self.up, self.down)
 
     def forward(self, x, theta):
         xin = self.norm(x)
-        return x + cms_mlp(theta, xin), xin
+        return x + self.out_scale * cms_mlp(theta, xin), xin
 
 
 class HopeBlock(GradientCheckpointingLayer):
@@ -250,6 +263,10 @@ class HopePreTrainedModel(PreTrainedModel):
                 if W1 is not None:
                     init.normal_(W2, 0.0, 1.0 / math.sqrt(c.head_dim))
                     init.normal_(W1, 0.0, 0.5 / math.sqrt(c.memory_hidden_size))
+            if c.self_modifying:                        # the projection memories start as the identity M(z) = z
+                init.zeros_(module.bank_W1)
+                s = c.projection_lr_scale_init
+                init.constant_(module.bank_lr_logit, math.log(s / (1 - s)))
             eta_b, alpha_b = memory_gate_biases(c)
             if c.self_modifying:
                 init.normal_(module.eta_w, 0.0, std)
@@ -267,6 +284,7 @@ class HopePreTrainedModel(PreTrainedModel):
             init.normal_(module.up, 0.0, std)
             init.normal_(module.down, 0.0, std)
             init.constant_(module.lr_logit, math.log(math.expm1(self.config.cms_lr_init)))
+            init.constant_(module.out_scale, self.config.cms_out_scale_init)
 
 
 def memory_gate_biases(config):
@@ -605,7 +623,8 @@ class HopeModel(HopePreTrainedModel):
                 lv["grad"] = g if "grad" not in lv else tuple(a + b for a, b in zip(lv["grad"], g))
 
     def _commit(self, lstates, token_count, real, static_count=None, layers=None):
-        """NeurIPS Eq. 31: level l steps theta <- theta - eta_l * sum(chunk) when the token count hits C_l.
+        """NeurIPS Eq. 31: level l steps theta <- theta - eta_l g_l * sum(chunk) when the token count hits C_l (the
+        level's output is g_l MLP_theta, so the gradient of <g_l MLP_theta(x_t), u_t> is g_l times the pending sum).
         `static_count`: every sample's count as a Python int, when known (no data-dependent branch)."""
         for layer, st in zip(layers or self.layers, lstates):
             for C_l, lvl, lv in zip(self.config.cms_chunk_sizes, layer.cms, st["cms"]):
@@ -618,7 +637,7 @@ class HopeModel(HopePreTrainedModel):
                 if theta is None:                                  # materialise lazily at the first commit
                     B = do.shape[0]
                     theta = tuple(w.unsqueeze(0).expand(B, *w.shape) for w in lvl.theta0())
-                lr = F.softplus(lvl.lr_logit)
+                lr = F.softplus(lvl.lr_logit) * lvl.out_scale
                 sel = do[:, None, None]
                 lv["theta"] = tuple(torch.where(sel, w - lr * g, w) for w, g in zip(theta, lv["grad"]))
                 lv["grad"] = tuple(torch.where(sel, torch.zeros_like(g), g) for g in lv["grad"])

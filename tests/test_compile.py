@@ -11,7 +11,7 @@ def _model_and_batch():
     torch.manual_seed(0)
     config = HopeConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                         memory_hidden_size=8, projection_chunk_size=8, memory_chunk_size=16, cms_chunk_sizes=[16, 32],
-                        cms_intermediate_size=16)
+                        cms_intermediate_size=16, cms_out_scale_init=1.0)
     model = HopeForCausalLM(config).train()             # small: compile time grows with the unrolled chunks
     return model, torch.randint(3, 64, (2, 32))         # two 16-token spans: the span loop runs twice
 

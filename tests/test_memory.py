@@ -25,7 +25,7 @@ def _chunk_inputs(dtype, C=7, out=5, inn=4, batch=3, seed=0):
                 beta=torch.rand(batch, C, generator=g, dtype=dtype), X=r(batch, C, inn))
 
 
-def _loop(x, momentum, dgd, reads=None):
+def _loop(x, momentum, dgd, reads=None, prior=None):
     """Eq. 88 token by token, with the rank-one gradient delta_t a_t^T written as a full matrix. Appends W_{t-1} x_t
     (the read before token t's write) to `reads` for the queries x["X"]."""
     W, S = x["W0"], x["S0"]
@@ -36,23 +36,27 @@ def _loop(x, momentum, dgd, reads=None):
         grad = -(e.unsqueeze(-1) * a.unsqueeze(-2))            # eta * grad = -e a^T with eta = 1
         rho = x["rho"][:, t] if dgd else torch.zeros_like(x["rho"][:, t])
         W, S = dgd_step(W, S, a, grad, torch.ones_like(rho), rho, x["alpha"][:, t],
-                        x["beta"][:, t] if momentum else None)
+                        x["beta"][:, t] if momentum else None, prior=prior)
     return W, S
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("momentum", [True, False])
 @pytest.mark.parametrize("dgd", [True, False])
-def test_dgd_chunk_equals_token_loop_with_gradients(dtype, momentum, dgd):
-    """End state, momentum and the in-chunk reads W_{t-1} x_t (the dual form) against the token loop."""
+@pytest.mark.parametrize("prior", [False, True])
+def test_dgd_chunk_equals_token_loop_with_gradients(dtype, momentum, dgd, prior):
+    """End state, momentum and the in-chunk reads W_{t-1} x_t (the dual form) against the token loop, with the
+    retention pulling back to 0 or to a prior P."""
     x = _chunk_inputs(dtype)
+    if prior:
+        x["P"] = torch.randn(x["W0"].shape[1:], generator=torch.Generator().manual_seed(3), dtype=dtype)
     for v in x.values():
         v.requires_grad_(True)
     reads = []
-    W_ref, S_ref = _loop(x, momentum, dgd, reads)
+    W_ref, S_ref = _loop(x, momentum, dgd, reads, x.get("P"))
     R_ref = torch.stack(reads, 1)
     W, S, R = dgd_chunk(x["W0"], x["S0"], x["A"], x["E"], x["rho"] if dgd else None, x["alpha"].log(),
-                        x["beta"].log() if momentum else None, X=x["X"])
+                        x["beta"].log() if momentum else None, X=x["X"], prior=x.get("P"))
     _close(W, W_ref, dtype)
     _close(R, R_ref, dtype)
     if momentum:
@@ -81,6 +85,21 @@ def test_dgd_step_is_eq88_closed_form_for_a_linear_memory():
     Wc, _, _ = dgd_chunk(M[None], torch.zeros(1, 4, 4, dtype=torch.float64), k[None, None],
                          -eta * (M @ k - v)[None, None], eta[None, None], alpha.log()[None, None])
     torch.testing.assert_close(Wc[0], closed, rtol=0, atol=1e-12)
+
+
+def test_retention_pulls_back_to_the_prior():
+    """dgd_step with a prior P: W_t - P = alpha (W_{t-1} - P) - rho (W_{t-1} a) a^T + S_t; with nothing written, W
+    relaxes to P (the projection memories forget back to their meta-learned M_0, not to 0)."""
+    g = torch.Generator().manual_seed(2)
+    W, P, a = (torch.randn(*s, dtype=torch.float64, generator=g) for s in ((3, 4), (3, 4), (4,)))
+    grad = torch.randn(3, 4, dtype=torch.float64, generator=g)
+    one = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    W1, S1 = dgd_step(W, None, a, grad, one(0.2), one(0.3), one(0.9), prior=P)
+    torch.testing.assert_close(W1, P + 0.9 * (W - P) - 0.3 * torch.outer(W @ a, a) - 0.2 * grad, rtol=0, atol=1e-12)
+    Wt = W
+    for _ in range(400):
+        Wt, _ = dgd_step(Wt, None, a, torch.zeros_like(grad), one(0.0), one(0.0), one(0.9), prior=P)
+    torch.testing.assert_close(Wt, P, rtol=0, atol=1e-12)
 
 
 def test_without_dgd_the_update_is_titans_eq13_14():
@@ -114,6 +133,7 @@ def _memory_setup(dtype, n, objective="l2", momentum=True, seed=0, B=2, H=2, d=4
     r = lambda *s, sc=1.0: (sc * torch.randn(*s, generator=g, dtype=dtype)).requires_grad_(True)  # noqa: E731
     params = dict(W1=r(H, n, d, h, sc=0.3), W2=r(H, n, h, d, sc=1.0), eta_w=r(H, d), eta_b=r(H),
                   alpha_w=r(H, d), alpha_b=(2 + torch.zeros(H, dtype=dtype)).requires_grad_(True),
+                  lr_scale=(0.1 + 0.4 * torch.rand(H, generator=g, dtype=dtype)).requires_grad_(True),
                   log_beta=torch.nn.functional.logsigmoid(r(H)) if momentum else None)
     u = r(B, H, n, T, d, sc=0.5)                # one input stream per memory
     mask = torch.ones(B, T, dtype=torch.bool)
@@ -228,7 +248,7 @@ def test_projection_memories_stay_bounded_under_the_strongest_gates():
     r = lambda *s: torch.randn(*s, generator=g, dtype=dt)  # noqa: E731
     params = dict(W1=0.5 * r(H, n, d, h), W2=r(H, n, h, d) / d ** 0.5, eta_w=0.02 * r(H, d), eta_b=torch.full((H,), 2.0,
                   dtype=dt), alpha_w=0.02 * r(H, d), alpha_b=torch.full((H,), 6.0, dtype=dt),
-                  log_beta=F.logsigmoid(torch.ones(H, dtype=dt)))
+                  lr_scale=torch.ones(H, dtype=dt), log_beta=F.logsigmoid(torch.ones(H, dtype=dt)))
     cfg = dict(projection_chunk_size=16, memory_chunk_size=64, memory_lr_max=1.0, memory_objective="l2", use_dgd=True,
                self_modifying=True)
     u, mask = r(B, H, n, T, d), torch.ones(B, T, dtype=torch.bool)

@@ -14,7 +14,7 @@ from hope_hf import PRESETS, HopeCache, HopeConfig, HopeForCausalLM, HopeModel
 def small_config(**kw):
     base = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, memory_hidden_size=8,
                 projection_chunk_size=4, memory_chunk_size=8, cms_chunk_sizes=[16, 32, 128], cms_intermediate_size=32,
-                initializer_range=0.02, cms_lr_init=0.05, memory_lr_max=0.2)
+                initializer_range=0.02, cms_lr_init=0.05, memory_lr_max=0.2, cms_out_scale_init=1.0)
     return HopeConfig(**{**base, **kw})
 
 
@@ -49,6 +49,8 @@ def ids(B, T, seed=1, vocab=64):
     (dict(memory_retention_init=[0.9]), "memory_retention_init"),
     (dict(memory_retention_init=[0.99, 0.9]), "memory_retention_init"),
     (dict(memory_retention_init=[0.9, 1.0]), "memory_retention_init"),
+    (dict(cms_out_scale_init="0"), "cms_out_scale_init"),
+    (dict(cms_out_scale_init=float("nan")), "cms_out_scale_init"),
 ])
 def test_config_rejects_bad_values_naming_the_field(bad, field):
     with pytest.raises(ValueError, match=field):
@@ -242,6 +244,85 @@ def test_cms_cadence_commits_and_constant_fast_weights_between_commits():
             prev = cur
             assert "theta" not in lv[2]               # C=128 > T: never materialised, stays theta_0
         assert cache.cms_update_counts()[:, :, 0].tolist() == counts[:, :, 0].tolist()
+
+
+def test_projection_memories_start_as_the_titans_projections_and_gates_read_their_own_stream():
+    """A fresh self-modifying model's k/v/q memories start as the identity (W1 = 0): in the first projection chunk
+    (read with M_0) k = unit(u_k), v = u_v, q = unit(u_q) of the conv'd q/k/v streams. The gate memories M_eta,
+    M_alpha read a fourth stream: changing its in_proj rows moves eta and alpha but not k, v, q."""
+    import torch.nn.functional as F
+    from benchmarks.recall import capture_output_memory_inputs
+    torch.manual_seed(0)
+    model = HopeForCausalLM(small_config(initializer_range=0.2)).eval()
+    mem, D, H, C_p = model.model.layers[0].memory, 32, 4, 4
+    x = ids(1, 12)
+    with torch.no_grad(), capture_output_memory_inputs() as calls:
+        model(input_ids=x)
+        k, q, v, eta, log_alpha = calls[0]
+        h = model.model.embed_tokens(x)
+        z = F.silu(torch.nn.functional.conv1d(F.pad(mem.in_proj(mem.norm(h)).transpose(1, 2), (3, 0)),
+                                              mem.conv_weight.unsqueeze(1), groups=4 * D)).transpose(1, 2)
+        uq, uk, uv, _ = z.view(1, 12, 4, H, D // H).permute(2, 0, 3, 1, 4)
+        first = slice(0, C_p)
+        torch.testing.assert_close(k[..., first, :], F.normalize(uk, dim=-1)[..., first, :])
+        torch.testing.assert_close(q[..., first, :], F.normalize(uq, dim=-1)[..., first, :])
+        torch.testing.assert_close(v[..., first, :], uv[..., first, :])
+        assert not torch.allclose(k[..., C_p:, :], F.normalize(uk, dim=-1)[..., C_p:, :], rtol=0, atol=1e-7)  # writes
+        mem.in_proj.weight[3 * D:] += 0.5 * torch.randn(D, D)
+        calls.clear()
+        model(input_ids=x)
+        k2, q2, v2, eta2, log_alpha2 = calls[0]
+    for a, b in ((k, k2), (q, q2), (v, v2)):
+        torch.testing.assert_close(a[..., first, :], b[..., first, :], rtol=0, atol=0)
+    assert (eta2 - eta).abs().max() > 1e-4 and (log_alpha2 - log_alpha).abs().max() > 1e-4
+
+
+def test_cms_commit_steps_by_the_gradient_of_the_scaled_level_output():
+    """Eq. 31 for a level x + g MLP_theta(norm x): theta <- theta - eta g sum_t grad <MLP_theta(x_t), u_t>, at the
+    samples whose token count hits C (the pending sum is then reset); g = 0 leaves theta where it was."""
+    model = make_model(cms_chunk_sizes=[16, 32])
+    layer, lvl = model.model.layers[0], model.model.layers[0].cms[1]
+    with torch.no_grad():
+        lvl.out_scale.fill_(-0.7)
+    B = 3
+    state = layer.init_state(B, "cpu", torch.float32)
+    grad = tuple(torch.randn(B, *w.shape) for w in lvl.theta0())
+    state["cms"][1]["grad"] = grad
+    lstates = [state, model.model.layers[1].init_state(B, "cpu", torch.float32)]
+    count = torch.tensor([32, 48, 64])                         # C = 32: samples 0 and 2 commit
+    model.model._commit(lstates, count, torch.ones(B, dtype=torch.bool))
+    lv = lstates[0]["cms"][1]
+    step = torch.nn.functional.softplus(lvl.lr_logit) * -0.7
+    for w0, g, w in zip(lvl.theta0(), grad, lv["theta"]):
+        torch.testing.assert_close(w[[0, 2]], w0 - step * g[[0, 2]])
+        torch.testing.assert_close(w[1], w0)
+    assert lv["commits"].tolist() == [1, 0, 1]
+    assert all(g[[0, 2]].abs().sum() == 0 and torch.equal(g[1], g0[1]) for g, g0 in zip(lv["grad"], grad))
+    with torch.no_grad():
+        lvl.out_scale.zero_()
+    state["cms"][1].pop("theta")
+    state["cms"][1]["grad"] = grad
+    model.model._commit(lstates, count, torch.ones(B, dtype=torch.bool))
+    assert all(torch.equal(w, w0.expand_as(w)) for w, w0 in zip(state["cms"][1]["theta"], lvl.theta0()))
+
+
+def test_cms_levels_start_silent_and_learn_to_speak():
+    """The default cms_out_scale_init = 0: a fresh model's output does not depend on the CMS weights, and every
+    level's scale g gets a gradient, so training can turn the level on."""
+    torch.manual_seed(0)
+    model = HopeForCausalLM(small_config(cms_out_scale_init=0.0))
+    x = ids(2, 40)
+    out = model(input_ids=x, labels=x)
+    out.loss.backward()
+    for layer in model.model.layers:
+        for lvl in layer.cms:
+            assert lvl.out_scale.item() == 0 and lvl.out_scale.grad.abs() > 0
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for lvl in layer.cms:
+                for w in lvl.theta0():
+                    w.normal_()
+        torch.testing.assert_close(model(input_ids=x).logits, out.logits, rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------------------------------------- gradients

@@ -10,7 +10,7 @@ from hope_hf import HopeCache, HopeConfig, HopeForCausalLM, HopeModel
 
 TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, memory_hidden_size=8,
             projection_chunk_size=2, memory_chunk_size=2, cms_chunk_sizes=[2, 4], cms_intermediate_size=32,
-            initializer_range=0.1, cms_lr_init=0.05)
+            initializer_range=0.1, cms_lr_init=0.05, cms_out_scale_init=1.0)
 
 
 def config(**kw):
