@@ -219,8 +219,9 @@ def perplexity(loss: float) -> float:
 def train_lm(model, train: torch.Tensor, steps: int, *, batch_size: int, lr: float, seed: int = 0,
              evals: dict | None = None, eval_every: int | None = None, warmup: int | None = None,
              weight_decay: float = 0.01, clip: float = 1.0, labels: torch.Tensor | None = None,
-             make_optimizer=None, desc: str = "train") -> dict:
-    """AdamW with warm-up + cosine on random batches of `train` (order fixed by `seed`, identical for every model).
+             make_optimizer=None, desc: str = "train", shuffle: bool = True) -> dict:
+    """AdamW with warm-up + cosine on random batches of `train` (order fixed by `seed`, identical for every model;
+    `shuffle=False`: the rows in their order, e.g. a curriculum).
 
     `make_optimizer(model)` replaces the default AdamW(lr, betas 0.9/0.95, `weight_decay`).
     `labels` (same shape as `train`, -100 = not scored) replaces the default next-token labels (`train` itself).
@@ -230,7 +231,8 @@ def train_lm(model, train: torch.Tensor, steps: int, *, batch_size: int, lr: flo
     opt = (make_optimizer(model) if make_optimizer is not None else
            torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95)))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(steps, warmup or max(1, steps // 10)))
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed)) if shuffle else \
+        torch.arange(len(train))
     losses, times, curve = [], [], []
 
     def run_evals(step):

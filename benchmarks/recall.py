@@ -2,7 +2,7 @@
 Hope vs a parameter-matched LlamaForCausalLM, in one run.
 
     python -m benchmarks.recall [--quick] [--steps N] [--batch-size B] [--seq-len L] [--lr LR] [--out DIR]
-                                [--multiples 1 2 4] [--pair-counts 1 2 4 8] [--eval-seqs N] [--seed S]
+                                [--multiples 1 2 4] [--pair-counts 1 2 4 8] [--eval-seqs N] [--seeds 0 1 2]
 
 The task (`make_batch`, `make_data`). A 64-token vocabulary: ids 0/1/2 are pad/bos/eos (HopeConfig's defaults),
 3/4/5 the markers KEY/VAL/QUERY, then 16 key ids, 16 value ids and 26 filler ids. A sequence of n tokens is BOS, a
@@ -18,7 +18,8 @@ sequences keep the records and queries and add filler, so the distance between a
 predicted as some value id, and the share predicted as a value that occurs earlier in the sequence.
 
 Both models start from the same seed, train on the same freshly generated length-L sequences (each seen once) in the
-same order, with AdamW, the same learning rate and warm-up + cosine schedule (`common.train_lm`); Llama's RoPE table
+same order (by default a curriculum, `make_curriculum`: passkeys first, then one more pair count per stage; without
+it one seed of Hope learned the binding in 2000 steps and two stayed at chance, with it seed 1 did by step 1000), with AdamW, the same learning rate and warm-up + cosine schedule (`common.train_lm`); Llama's RoPE table
 covers the longest test length. The test sets come from other seeds, one per length. Small batches and many steps:
 in a passkey-only probe (P = 1, L = 64) Hope learned the task in 1200 steps of 4 sequences and not at all in 300
 steps of 16 (the same sequences). Hope tiny's CMS levels step every 64 and 256 tokens, so at L = 128 the 256-token
@@ -57,8 +58,9 @@ EVAL_BATCH = 8
 
 # eval_seqs: test sequences per pair count and length
 FULL = {"steps": 2000, "batch_size": 4, "seq_len": 128, "multiples": (1, 2, 4), "pair_counts": (1, 2, 4, 8),
-        "lr": 3e-3, "eval_seqs": 64, "hope_config": {}}
-QUICK = {**FULL, "steps": 100, "eval_seqs": 8}
+        "lr": 3e-3, "eval_seqs": 64, "hope_config": {}, "seeds": (0, 1, 2), "curriculum": True}
+QUICK = {**FULL, "steps": 100, "eval_seqs": 8, "seeds": (0,)}
+PER_SEED = ("accuracy", "answer_loss", "value_prediction_rate", "in_context_value_rate")
 
 
 # ------------------------------------------------------------------------------------------------------ data
@@ -104,6 +106,19 @@ def make_data(n_seqs: int, seq_len: int, pair_counts, generator: torch.Generator
     parts = [make_batch(n, seq_len, p, p, generator) for n, p in zip(sizes, pair_counts)]
     pairs = torch.cat([torch.full((n,), p) for n, p in zip(sizes, pair_counts)])
     return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts]), pairs
+
+
+def make_curriculum(n_seqs: int, seq_len: int, pair_counts, generator: torch.Generator):
+    """(input_ids, labels) in training order: len(pair_counts) equal stages, stage j drawn from the pair counts
+    `pair_counts[:j + 1]` (passkeys first, then one more pair count per stage), shuffled within each stage."""
+    sizes = group_sizes(n_seqs, len(pair_counts))
+    ids, labels = [], []
+    for j, n in enumerate(sizes):
+        x, y, _ = make_data(n, seq_len, pair_counts[:j + 1], generator)
+        perm = torch.randperm(n, generator=generator)
+        ids.append(x[perm])
+        labels.append(y[perm])
+    return torch.cat(ids), torch.cat(labels)
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
@@ -212,27 +227,83 @@ def _mean_cos_between(x):
 def settings(quick: bool, overrides: dict) -> dict:
     s = common.settings(FULL, QUICK, quick, overrides)
     s["multiples"], s["pair_counts"] = [int(m) for m in s["multiples"]], [int(p) for p in s["pair_counts"]]
+    s["seeds"] = [int(x) for x in s["seeds"]]
     return s
 
 
-def run(quick: bool = False, out=common.RESULTS, seed: int = 0, **overrides) -> dict:
-    """Train both models at `seq_len`, test at `seq_len` x each of `multiples`; write and return the results.
+def run(quick: bool = False, out=common.RESULTS, **overrides) -> dict:
+    """Train both models at `seq_len`, test at `seq_len` x each of `multiples`, once per seed; write and return the
+    results (per seed, and their mean with the min and max over the seeds).
 
     Settings (`FULL`, `QUICK` with `quick`, then `overrides`): steps, batch_size, seq_len (a multiple of 64), multiples,
     pair_counts, lr, eval_seqs (test sequences per pair count and length), hope_config (HopeConfig overrides of the
-    tiny preset, e.g. {"memory_lr_max": 1.0}). Runs on one torch thread unless
-    BENCH_THREADS says otherwise."""
+    tiny preset, e.g. {"memory_lr_max": 1.0}), seeds (each seed: its own training data, test sets and
+    initialisation), curriculum (train on `make_curriculum`'s stages in order instead of shuffled `make_data`). Runs on one torch thread unless BENCH_THREADS says otherwise."""
     s = settings(quick, overrides)
     threads = torch.get_num_threads()
     if not os.environ.get("BENCH_THREADS"):
         torch.set_num_threads(1)  # tiny models: as fast, and 2 threads on 2 shared cores ran a quick run 7x slower
     try:
-        return _run(quick, out, seed, s)
+        return _run(quick, out, s)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run(quick: bool, out, seed: int, s: dict) -> dict:
+def _train_and_test(config, s: dict, seed: int) -> dict:
+    """Both models trained and tested with one seed: {kind: per-model results}."""
+    L = s["seq_len"]
+    lengths = [L * m for m in s["multiples"]]
+    pc = s["pair_counts"]
+    gen = torch.Generator().manual_seed(seed)
+    if s["curriculum"]:
+        train_ids, train_labels = make_curriculum(s["steps"] * s["batch_size"], L, pc, gen)
+    else:
+        train_ids, train_labels, _ = make_data(s["steps"] * s["batch_size"], L, pc, gen)
+    tests = {n: make_data(s["eval_seqs"] * len(pc), n, pc, torch.Generator().manual_seed(1_000_003 * (seed + 1) + n))
+             for n in lengths}
+    models = {}
+    for kind in tqdm(("hope", "llama"), desc=f"{NAME} seed {seed}"):
+        model = common.build(kind, config, seed, max(lengths))
+        start = time.perf_counter()
+        tr = common.train_lm(model, train_ids, s["steps"], batch_size=s["batch_size"], lr=s["lr"], seed=seed,
+                             labels=train_labels, desc=f"train {kind}", shuffle=not s["curriculum"])
+        r = {"params": common.n_params(model), "train_loss": tr["train_loss"], "steps_done": tr["steps_done"],
+             "diverged": tr["diverged"], "median_step_s": tr["median_step_s"], "train_s": time.perf_counter() - start}
+        if kind == "llama":
+            r["intermediate_size"] = model.config.intermediate_size
+        evals = [evaluate_length(model, *tests[n], pc) for n in lengths]
+        for key in PER_SEED:
+            r[key] = [e[key] for e in evals]
+        r["accuracy_by_pairs"] = {str(p): [e["accuracy_by_pairs"][str(p)] for e in evals] for p in pc}
+        if kind == "hope":
+            r["memory_probe"] = memory_probe(model, s["eval_seqs"], L, max(pc),
+                                             torch.Generator().manual_seed(2_000_003 * (seed + 1)))
+        models[kind] = r
+        del model
+    return models
+
+
+def aggregate(runs: list[dict]) -> dict:
+    """Per model over the seeds' runs: the mean of every per-length measure, with `<measure>_min`/`_max`, and
+    `accuracy_by_pairs` averaged; params, training loss curve and memory probe of the first seed; summed timings."""
+    models = {}
+    for kind, first in runs[0]["models"].items():
+        ms = [r["models"][kind] for r in runs]
+        m = {k: first[k] for k in ("params", "train_loss", "intermediate_size", "memory_probe") if k in first}
+        m.update(steps_done=min(x["steps_done"] for x in ms), diverged=any(x["diverged"] for x in ms),
+                 median_step_s=sorted(x["median_step_s"] for x in ms)[len(ms) // 2],
+                 train_s=sum(x["train_s"] for x in ms))
+        for key in PER_SEED:
+            cols = list(zip(*(x[key] for x in ms)))
+            m[key] = [sum(c) / len(c) for c in cols]
+            m[f"{key}_min"], m[f"{key}_max"] = [min(c) for c in cols], [max(c) for c in cols]
+        m["accuracy_by_pairs"] = {p: [sum(c) / len(c) for c in zip(*(x["accuracy_by_pairs"][p] for x in ms))]
+                                  for p in first["accuracy_by_pairs"]}
+        models[kind] = m
+    return models
+
+
+def _run(quick: bool, out, s: dict) -> dict:
     bench = common.Run(threads=1)  # honours BENCH_THREADS
     L = s["seq_len"]
     lengths = [L * m for m in s["multiples"]]
@@ -240,40 +311,19 @@ def _run(quick: bool, out, seed: int, s: dict) -> dict:
                                     eos_token_id=EOS, **s["hope_config"])
     if any(n % config.span_size for n in lengths):
         raise ValueError(f"every length must be a multiple of Hope's smallest CMS chunk {config.span_size}: {lengths}")
-    train_ids, train_labels, _ = make_data(s["steps"] * s["batch_size"], L, s["pair_counts"],
-                                           torch.Generator().manual_seed(seed))
-    tests = {n: make_data(s["eval_seqs"] * len(s["pair_counts"]), n, s["pair_counts"],
-                          torch.Generator().manual_seed(1_000_003 * (seed + 1) + n)) for n in lengths}
     pc = s["pair_counts"]
     answers_per_step = s["batch_size"] * sum(pc) / len(pc)
-    results = {"setup": {"quick": quick, "preset": "tiny", "vocab_size": VOCAB_SIZE, "seed": seed, **s,
+    results = {"setup": {"quick": quick, "preset": "tiny", "vocab_size": VOCAB_SIZE, **s,
                          "train_seq_len_tokens": L, "test_lengths_tokens": lengths,
-                         "train_sequences": len(train_ids), "tokens_per_step": s["batch_size"] * L,
+                         "train_sequences": s["steps"] * s["batch_size"], "tokens_per_step": s["batch_size"] * L,
                          "mean_scored_answers_per_step": answers_per_step,
                          "test_answers_per_length": s["eval_seqs"] * sum(pc),
                          "n_keys": N_KEYS, "n_values": N_VALUES, "n_filler": N_FILLER,
                          "chance_accuracy": 1 / N_VALUES, "eval_batch_size": EVAL_BATCH,
                          "optimizer": "AdamW (betas 0.9, 0.95), weight decay 0.01",
                          "schedule": "linear warm-up over 10% of the steps, then cosine to 0.1x", "grad_clip": 1.0},
-               "models": {}}
-    for kind in tqdm(("hope", "llama"), desc=NAME):
-        model = common.build(kind, config, seed, max(lengths))
-        start = time.perf_counter()
-        tr = common.train_lm(model, train_ids, s["steps"], batch_size=s["batch_size"], lr=s["lr"], seed=seed,
-                             labels=train_labels, desc=f"train {kind}")
-        r = {"params": common.n_params(model), "train_loss": tr["train_loss"], "steps_done": tr["steps_done"],
-             "diverged": tr["diverged"], "median_step_s": tr["median_step_s"], "train_s": time.perf_counter() - start}
-        if kind == "llama":
-            r["intermediate_size"] = model.config.intermediate_size
-        evals = [evaluate_length(model, *tests[n], pc) for n in lengths]
-        for key in ("accuracy", "answer_loss", "value_prediction_rate", "in_context_value_rate"):
-            r[key] = [e[key] for e in evals]
-        r["accuracy_by_pairs"] = {str(p): [e["accuracy_by_pairs"][str(p)] for e in evals] for p in pc}
-        if kind == "hope":
-            r["memory_probe"] = memory_probe(model, s["eval_seqs"], L, max(pc),
-                                             torch.Generator().manual_seed(2_000_003 * (seed + 1)))
-        results["models"][kind] = r
-        del model
+               "runs": [{"seed": seed, "models": _train_and_test(config, s, seed)} for seed in s["seeds"]]}
+    results["models"] = aggregate(results["runs"])
     i = s["multiples"].index(4) if 4 in s["multiples"] else len(lengths) - 1  # 4L, else the longest test length
     for kind in ("hope", "llama"):
         results[f"{kind}_acc_at_4L"] = results["models"][kind]["accuracy"][i]
@@ -326,9 +376,13 @@ def markdown(results: dict) -> str:
     s = results["setup"]
     head = " | ".join(f"acc@{m}L ({n})" if m != 1 else f"acc@L ({n})"
                       for m, n in zip(s["multiples"], s["test_lengths_tokens"]))
+    seeds = s.get("seeds", [s.get("seed")])
     lines = [f"| model | pairs | params | {head} |", "|---|---|---|" + "---|" * len(s["multiples"])]
     for kind, m in results["models"].items():
-        lines.append(f"| {kind} | all | {m['params']:,} | " + " | ".join(f"**{a:.1%}**" for a in m["accuracy"]) + " |")
+        spread = [f" ({lo:.0%}-{hi:.0%})" for lo, hi in zip(m["accuracy_min"], m["accuracy_max"])] if len(seeds) > 1 \
+            else [""] * len(m["accuracy"])
+        lines.append(f"| {kind} | all | {m['params']:,} | " + " | ".join(f"**{a:.1%}**{r}" for a, r in
+                                                                       zip(m["accuracy"], spread)) + " |")
         for p, acc in m["accuracy_by_pairs"].items():
             lines.append(f"| {kind} | {p} | | " + " | ".join(f"{a:.1%}" for a in acc) + " |")
     probe = results["models"].get("hope", {}).get("memory_probe")
@@ -346,6 +400,9 @@ def markdown(results: dict) -> str:
                              f"; cos between records' queries {mean(p['cos_q_between_asks']):.2f}, keys "
                              f"{mean(p['cos_k_between_records']):.2f}, values {mean(p['cos_v_between_records']):.2f}"
                              if "cos_q_between_asks" in p else ""))      # absent from results of before 2026-11-30
+    if len(seeds) > 1:
+        lines.insert(0, f"Mean over seeds {', '.join(map(str, seeds))} (min-max over the seeds); the probe is seed "
+                        f"{seeds[0]}'s.\n")
     k = results["target_length_multiple"]
     lines.append(f"\nTarget: Hope >= {results['target_hope_acc_at_4L']:.0%} of the answers at {k}L "
                  f"({s['test_lengths_tokens'][s['multiples'].index(k)]} tokens); measured "
@@ -364,13 +421,17 @@ def main(argv=None):
     p.add_argument("--pair-counts", type=int, nargs="+", help="numbers of key-value pairs per sequence (default "
                    "1 2 4 8)")
     p.add_argument("--lr", type=float)
+    p.add_argument("--no-curriculum", dest="curriculum", action="store_false", default=None,
+                   help="train on all pair counts shuffled from the start (default: passkeys first, see "
+                        "make_curriculum)")
     p.add_argument("--eval-seqs", type=int, help="test sequences per pair count and length")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", help="one run per seed, reported as mean and min-max (default "
+                   "0 1 2; --quick: 0)")
     p.add_argument("--out", type=Path, help="results folder (default benchmarks/results, --quick: .../quick)")
     a = p.parse_args(argv)
     a.out = a.out or (common.QUICK_RESULTS if a.quick else common.RESULTS)
-    res = run(quick=a.quick, out=a.out, seed=a.seed, steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len,
-              multiples=a.multiples, pair_counts=a.pair_counts, lr=a.lr, eval_seqs=a.eval_seqs)
+    res = run(quick=a.quick, out=a.out, seeds=a.seeds, steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len,
+              multiples=a.multiples, pair_counts=a.pair_counts, lr=a.lr, eval_seqs=a.eval_seqs, curriculum=a.curriculum)
     print(markdown(res))
 
 

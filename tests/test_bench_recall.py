@@ -57,6 +57,16 @@ def test_make_data_splits_the_sequences_over_the_pair_counts():
     assert ((ids == recall.KEY).sum(1) == pairs).all() and ((ids == recall.QUERY).sum(1) == pairs).all()
 
 
+def test_curriculum_adds_one_pair_count_per_stage():
+    ids, labels = recall.make_curriculum(40, 64, (1, 2, 4, 8), torch.Generator().manual_seed(0))
+    assert ids.shape == labels.shape == (40, 64)
+    pairs = (ids == recall.KEY).sum(1)
+    for j, allowed in enumerate(((1,), (1, 2), (1, 2, 4), (1, 2, 4, 8))):
+        stage = pairs[10 * j:10 * (j + 1)].tolist()
+        assert set(stage) == set(allowed)
+    assert pairs[10:20].tolist() != sorted(pairs[10:20].tolist())      # shuffled within a stage
+
+
 def test_make_batch_rejects_impossible_settings():
     with pytest.raises(ValueError):
         recall.make_batch(1, 16, 8, 4, torch.Generator())
@@ -68,7 +78,7 @@ def test_make_batch_rejects_impossible_settings():
 
 def test_recall_benchmark_smallest_case(tmp_path):
     results = recall.run(out=tmp_path, steps=2, batch_size=2, seq_len=64, multiples=(1, 2), pair_counts=(1, 2),
-                         eval_seqs=2)
+                         eval_seqs=2, seeds=(0, 1))
     data = json.loads((tmp_path / "recall.json").read_text())
     assert data == json.loads(json.dumps(results))
     assert (tmp_path / "recall.png").stat().st_size > 0
@@ -84,11 +94,16 @@ def test_recall_benchmark_smallest_case(tmp_path):
         assert all(len(r) == 2 and all(0.0 <= a <= 1.0 for a in r) for r in rates)
         assert all(a <= v for a, v in zip(m["in_context_value_rate"], m["value_prediction_rate"]))
         assert data[f"{kind}_acc_at_4L"] == m["accuracy"][-1]  # no 4L here: the longest length stands in
+    assert [r["seed"] for r in data["runs"]] == [0, 1]
+    for kind in ("hope", "llama"):                        # the reported numbers are the mean over the seeds' runs
+        runs = [r["models"][kind]["accuracy"] for r in data["runs"]]
+        assert data["models"][kind]["accuracy"] == pytest.approx([(a + b) / 2 for a, b in zip(*runs)])
+        assert data["models"][kind]["accuracy_min"] == [min(a, b) for a, b in zip(*runs)]
     assert 0.9 < data["models"]["llama"]["params"] / data["models"]["hope"]["params"] < 1.1
     assert data["target_length_multiple"] == 2
     assert data["target_met"] == (data["hope_acc_at_4L"] >= data["target_hope_acc_at_4L"])
     table = recall.markdown(results)
-    assert "| hope | all |" in table and "| llama | 2 |" in table and "Target" in table and "- layer 1: cos match" in table
+    assert "| hope | all |" in table and "| llama | 2 |" in table and "Target" in table and "seeds 0, 1" in table and "- layer 1: cos match" in table
     probe = data["models"]["hope"]["memory_probe"]
     assert len(probe) == 2 and all(len(layer["cos_kq_match"]) == 4 for layer in probe)
 
