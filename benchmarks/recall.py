@@ -366,6 +366,8 @@ def plot(results: dict, path):
     b.legend(fontsize=8)
     fig.suptitle(f"Associative recall, {'/'.join(map(str, s['pair_counts']))} pairs, trained at {s['seq_len']} "
                  f"tokens: {s['steps']} steps x {s['batch_size']} sequences, lr {s['lr']:g}"
+                 f"{', curriculum' if s.get('curriculum') else ''}"
+                 f"{', mean of seeds ' + ', '.join(map(str, s['seeds'])) if len(s.get('seeds', [])) > 1 else ''}"
                  f"{' (quick)' if s['quick'] else ''}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
