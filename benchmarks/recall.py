@@ -19,8 +19,9 @@ predicted as some value id, and the share predicted as a value that occurs earli
 
 Both models start from the same seed, train on the same freshly generated length-L sequences (each seen once) in the
 same order (by default a curriculum, `make_curriculum`: passkeys first, then one more pair count per stage; without
-it one seed of Hope learned the binding in 2000 steps and two stayed at chance, with it seed 1 did by step 1000), with AdamW, the same learning rate and warm-up + cosine schedule (`common.train_lm`); Llama's RoPE table
-covers the longest test length. The test sets come from other seeds, one per length. Small batches and many steps:
+it one seed of Hope learned the binding in 2000 steps and two stayed at chance, with it seed 1 did by step 1000),
+with AdamW, the same learning rate and warm-up + cosine schedule (`common.train_lm`); Llama's RoPE table covers the
+longest test length. The test sets come from other seeds, one per length. Small batches and many steps:
 in a passkey-only probe (P = 1, L = 64) Hope learned the task in 1200 steps of 4 sequences and not at all in 300
 steps of 16 (the same sequences). Hope tiny's CMS levels step every 64 and 256 tokens, so at L = 128 the 256-token
 level never steps during training but does at 4L.
@@ -238,7 +239,8 @@ def run(quick: bool = False, out=common.RESULTS, **overrides) -> dict:
     Settings (`FULL`, `QUICK` with `quick`, then `overrides`): steps, batch_size, seq_len (a multiple of 64), multiples,
     pair_counts, lr, eval_seqs (test sequences per pair count and length), hope_config (HopeConfig overrides of the
     tiny preset, e.g. {"memory_lr_max": 1.0}), seeds (each seed: its own training data, test sets and
-    initialisation), curriculum (train on `make_curriculum`'s stages in order instead of shuffled `make_data`). Runs on one torch thread unless BENCH_THREADS says otherwise."""
+    initialisation), curriculum (train on `make_curriculum`'s stages in order instead of shuffled `make_data`).
+    Runs on one torch thread unless BENCH_THREADS says otherwise."""
     s = settings(quick, overrides)
     threads = torch.get_num_threads()
     if not os.environ.get("BENCH_THREADS"):
@@ -401,7 +403,7 @@ def markdown(results: dict) -> str:
                          f"{mean(p['alpha_mean']):.4f}" + (
                              f"; cos between records' queries {mean(p['cos_q_between_asks']):.2f}, keys "
                              f"{mean(p['cos_k_between_records']):.2f}, values {mean(p['cos_v_between_records']):.2f}"
-                             if "cos_q_between_asks" in p else ""))      # absent from results of before 2026-11-30
+                             if "cos_q_between_asks" in p else ""))  # absent from results of before 2026-11-30
     if len(seeds) > 1:
         lines.insert(0, f"Mean over seeds {', '.join(map(str, seeds))} (min-max over the seeds); the probe is seed "
                         f"{seeds[0]}'s.\n")

@@ -263,12 +263,11 @@ class HopePreTrainedModel(PreTrainedModel):
                 if W1 is not None:
                     init.normal_(W2, 0.0, 1.0 / math.sqrt(c.head_dim))
                     init.normal_(W1, 0.0, 0.5 / math.sqrt(c.memory_hidden_size))
-            if c.self_modifying:                        # the projection memories start as the identity M(z) = z
-                init.zeros_(module.bank_W1)
-                s = c.projection_lr_scale_init
-                init.constant_(module.bank_lr_logit, math.log(s / (1 - s)))
             eta_b, alpha_b = memory_gate_biases(c)
             if c.self_modifying:
+                init.zeros_(module.bank_W1)             # the projection memories start as the identity M(z) = z
+                s = c.projection_lr_scale_init
+                init.constant_(module.bank_lr_logit, math.log(s / (1 - s)))
                 init.normal_(module.eta_w, 0.0, std)
                 init.normal_(module.alpha_w, 0.0, std)
                 init.copy_(module.eta_b, eta_b)

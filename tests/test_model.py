@@ -260,8 +260,8 @@ def test_projection_memories_start_as_the_titans_projections_and_gates_read_thei
         model(input_ids=x)
         k, q, v, eta, log_alpha = calls[0]
         h = model.model.embed_tokens(x)
-        z = F.silu(torch.nn.functional.conv1d(F.pad(mem.in_proj(mem.norm(h)).transpose(1, 2), (3, 0)),
-                                              mem.conv_weight.unsqueeze(1), groups=4 * D)).transpose(1, 2)
+        z = F.silu(F.conv1d(F.pad(mem.in_proj(mem.norm(h)).transpose(1, 2), (3, 0)), mem.conv_weight.unsqueeze(1),
+                            groups=4 * D)).transpose(1, 2)
         uq, uk, uv, _ = z.view(1, 12, 4, H, D // H).permute(2, 0, 3, 1, 4)
         first = slice(0, C_p)
         torch.testing.assert_close(k[..., first, :], F.normalize(uk, dim=-1)[..., first, :])
