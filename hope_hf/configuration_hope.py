@@ -18,7 +18,7 @@ MEMORY_OBJECTIVES = ("l2", "dot")
 PRESETS = {
     "tiny": dict(
         hidden_size=64, num_hidden_layers=2, num_attention_heads=4, memory_hidden_size=32,
-        projection_chunk_size=16, memory_chunk_size=64, cms_chunk_sizes=[64, 256],
+        projection_chunk_size=64, memory_chunk_size=64, cms_chunk_sizes=[64, 256],
         cms_intermediate_size=128,
     ),
     "small": dict(
@@ -28,17 +28,17 @@ PRESETS = {
     ),
     "340m": dict(
         hidden_size=1024, num_hidden_layers=16, num_attention_heads=16, memory_hidden_size=128,
-        projection_chunk_size=16, memory_chunk_size=64, cms_chunk_sizes=[64, 512, 2048],
+        projection_chunk_size=64, memory_chunk_size=64, cms_chunk_sizes=[64, 512, 2048],
         cms_intermediate_size=1536,
     ),
     "760m": dict(
         hidden_size=1536, num_hidden_layers=18, num_attention_heads=24, memory_hidden_size=128,
-        projection_chunk_size=16, memory_chunk_size=64, cms_chunk_sizes=[64, 512, 2048],
+        projection_chunk_size=64, memory_chunk_size=64, cms_chunk_sizes=[64, 512, 2048],
         cms_intermediate_size=2048,
     ),
     "1.3b": dict(
         hidden_size=2048, num_hidden_layers=20, num_attention_heads=32, memory_hidden_size=128,
-        projection_chunk_size=16, memory_chunk_size=64, cms_chunk_sizes=[64, 512, 2048],
+        projection_chunk_size=64, memory_chunk_size=64, cms_chunk_sizes=[64, 512, 2048],
         cms_intermediate_size=2560,
     ),
 }
@@ -70,7 +70,7 @@ class HopeConfig(PreTrainedConfig):
     num_attention_heads: int = 4
     memory_hidden_size: int = 64
     memory_chunk_size: int = 64
-    projection_chunk_size: int = 16
+    projection_chunk_size: int = 64
     cms_chunk_sizes: list[int] | None = None
     cms_intermediate_size: int = 512
     conv_size: int = 4

@@ -589,11 +589,13 @@ class HopeModel(HopePreTrainedModel):
         return HopeModelOutput(last_hidden_state=hidden, hidden_states=all_hidden, logits=logits,
                                **{CACHE_FIELD: cache})
 
-    @staticmethod
-    def _run_layer(layer, h, m, state, offset, reference, write):
-        """One block on one span with its state flattened to tensors (see `HopeBlock.forward`)."""
+    def _run_layer(self, layer, h, m, state, offset, reference, write):
+        """One block on one span with its state flattened to tensors (see `HopeBlock.forward`). The block gets only
+        the phase of `offset` on the memories' chunk grid (the projection chunk size divides the memory chunk size), the
+        one thing it reads from it: every span of a training batch then makes the same call (one compiled graph)."""
         leaves, spec = tree_flatten(state)
-        h, out_spec, *out_leaves = layer(h, m, *leaves, state_spec=spec, offset=offset, reference=reference,
+        phase = offset % self.config.memory_chunk_size
+        h, out_spec, *out_leaves = layer(h, m, *leaves, state_spec=spec, offset=phase, reference=reference,
                                          write=write)
         new_state, xins = tree_unflatten(out_leaves, out_spec)
         return h, new_state, xins

@@ -40,7 +40,7 @@ def test_sequence_length_must_fit_the_config():
         check_seq_len(tiny, 100)
     with pytest.raises(ValueError, match="multiple of 128.*2 TBPTT segments"):
         check_seq_len(tiny, 192, segments=2)
-    no_cms = HopeConfig.from_preset("tiny", cms_chunk_sizes=[], memory_chunk_size=16)
+    no_cms = HopeConfig.from_preset("tiny", cms_chunk_sizes=[], memory_chunk_size=16, projection_chunk_size=16)
     assert sequence_unit(no_cms) == 16
     check_seq_len(no_cms, 48)
     with pytest.raises(ValueError, match="memory_chunk_size"):
