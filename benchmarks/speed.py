@@ -6,7 +6,8 @@
    vocabulary, width, depth and heads, tied embeddings, and an MLP width chosen so both have ~equal parameters, at
    512, 2048 and 8192 tokens; the FLOPs of each step (torch's FlopCounterMode) over the median time, as a fraction of
    the dense-matmul FLOP/s measured in the same run; aten operator calls per token; on CPU the activations saved for
-   backward (autograd's saved-tensor hooks) and the peak RSS of one step above the level before it.
+   backward (autograd's saved-tensor hooks) and the peak RSS of one step above the level before it. Hope is also
+   measured with activation checkpointing ("hope_ckpt": tokens/s, activations, peak RSS).
 2. Forward-only time of Hope tiny with `set_memory_impl("fast")` vs `("reference")` under `torch.no_grad()`.
 
 Writes `<out>/speed.json` (machine description and every measurement, units in the key names) and `<out>/speed.png`,
@@ -195,8 +196,13 @@ def preset_config(preset: str) -> HopeConfig:
     return HopeConfig.from_preset(preset, vocab_size=VOCAB.get(preset, 32000))
 
 
-def hope_preset(preset: str):
-    return HopeForCausalLM(preset_config(preset))
+def hope_preset(preset: str, checkpointing: bool = False):
+    """Hope `preset`; `checkpointing`: with activation checkpointing per block and span (`hope-hf train
+    --gradient-checkpointing`), which recomputes each span's block forward in backward instead of saving it."""
+    model = HopeForCausalLM(preset_config(preset))
+    if checkpointing:
+        model.activation_checkpointing_enable()
+    return model
 
 
 def llama_matching(preset: str, max_len: int):
@@ -319,6 +325,22 @@ def markdown(results: dict) -> str:
                         f"{l_['peak_rss_above_start_bytes'] / MIB:,.0f} |"
                         if h.get("peak_rss_above_start_bytes") is not None
                         and l_.get("peak_rss_above_start_bytes") is not None else " - |"))
+    ckpt = [r for r in results["throughput"] if "hope_ckpt" in r]
+    if ckpt:
+        lines += ["\nHope with activation checkpointing (`--gradient-checkpointing`: each span's block forward is "
+                  "recomputed in backward):\n",
+                  "| preset | tokens | Hope ckpt tok/s | Hope ckpt / Llama tok/s | Hope ckpt / Llama activations KiB per "
+                  "token | Hope ckpt peak RSS MiB |", "|---|---|---|---|---|---|"]
+        for r in ckpt:
+            c, l_ = r["hope_ckpt"], r["llama"]
+            lines.append(f"| {r['preset']} | {r['seq_len_tokens']} | {c['tokens_per_s']:,.0f} "
+                         f"| {r['hope_ckpt_over_llama_tokens_per_s']:.3f}x | "
+                         + (f"{c['saved_activations_bytes_per_token'] / 1024:.1f} / "
+                            f"{l_['saved_activations_bytes_per_token'] / 1024:.1f} "
+                            f"({r['hope_ckpt_over_llama_saved_activations']:.2f}x) |"
+                            if "hope_ckpt_over_llama_saved_activations" in r else " - |")
+                         + (f" {c['peak_rss_above_start_bytes'] / MIB:,.0f} |"
+                            if c.get("peak_rss_above_start_bytes") is not None else " - |"))
     t = results["targets"]
     lines.append(f"\nMeasured dense-matmul peak: {peak['flops_per_s'] / 1e9:,.1f} GFLOP/s ({peak['dtype']}, "
                  f"{peak['n']}x{peak['n']}). Targets: Hope / Llama >= {t['hope_over_llama_tokens_per_s_at_2048']} at "
@@ -363,19 +385,22 @@ def run(presets=("tiny", "small"), lengths=(512, 2048, 8192), ref_len=1024, iter
         hope = hope_preset(preset).to(device)
         torch.manual_seed(0)
         llama = llama_matching(preset, max(lengths)).to(device)
+        torch.manual_seed(0)
+        hope_ckpt = hope_preset(preset, checkpointing=True).to(device)
         builders = {"hope": functools.partial(hope_preset, preset),
-                    "llama": functools.partial(llama_matching, preset, max(lengths))}
+                    "llama": functools.partial(llama_matching, preset, max(lengths)),
+                    "hope_ckpt": functools.partial(hope_preset, preset, checkpointing=True)}
         for seq_len in lengths:
             if (preset, seq_len) in skip:
                 skipped.append({"preset": preset, "seq_len_tokens": seq_len, "reason": skip[(preset, seq_len)]})
                 progress.update()
                 continue
             row = {"preset": preset, "seq_len_tokens": seq_len}
-            for key, model in (("hope", hope), ("llama", llama)):
+            for key, model in (("hope", hope), ("llama", llama), ("hope_ckpt", hope_ckpt)):
                 cfg = model.config
                 r = train_throughput(model, seq_len, batch_size, iters, budget_s, device, autocast_dtype)
                 r["fraction_of_matmul_peak"] = r["achieved_flops_per_s"] / peak["flops_per_s"]
-                if seq_len <= aten_max_len:
+                if seq_len <= aten_max_len and key != "hope_ckpt":
                     r.update(aten_calls(model, seq_len, batch_size, device))
                 if torch.device(device).type == "cpu":
                     r.update(train_memory(builders[key], seq_len, batch_size))
@@ -385,12 +410,14 @@ def run(presets=("tiny", "small"), lengths=(512, 2048, 8192), ref_len=1024, iter
                             **({"intermediate_size": cfg.intermediate_size} if key == "llama" else {}), **r}
             row["param_ratio_llama_over_hope"] = row["llama"]["params"] / row["hope"]["params"]
             row["hope_over_llama_tokens_per_s"] = row["hope"]["tokens_per_s"] / row["llama"]["tokens_per_s"]
-            if row["hope"].get("saved_activations_bytes") and row["llama"].get("saved_activations_bytes"):
-                row["hope_over_llama_saved_activations"] = (row["hope"]["saved_activations_bytes"]
-                                                            / row["llama"]["saved_activations_bytes"])
+            row["hope_ckpt_over_llama_tokens_per_s"] = row["hope_ckpt"]["tokens_per_s"] / row["llama"]["tokens_per_s"]
+            for key in ("hope", "hope_ckpt"):
+                if row[key].get("saved_activations_bytes") and row["llama"].get("saved_activations_bytes"):
+                    row[f"{key}_over_llama_saved_activations"] = (row[key]["saved_activations_bytes"]
+                                                                  / row["llama"]["saved_activations_bytes"])
             rows.append(row)
             progress.update()
-        del hope, llama
+        del hope, llama, hope_ckpt
     progress.close()
     results = {"settings": {"quick": quick, "batch_size": batch_size, "max_timed_iters": iters,
                             "per_case_budget_s": budget_s, "device": str(device),

@@ -39,6 +39,12 @@ def test_speed_benchmark_smallest_case(tmp_path):
     assert row["hope_over_llama_saved_activations"] == (row["hope"]["saved_activations_bytes"]
                                                         / row["llama"]["saved_activations_bytes"])
     assert "activations KiB per token" in speed.markdown(results)
+    # activation checkpointing: the same model and step, fewer activations kept for backward
+    c = row["hope_ckpt"]
+    assert c["params"] == row["hope"]["params"] and c["flops_per_step"] > row["hope"]["flops_per_step"]  # recompute
+    assert 0 < c["saved_activations_bytes"] < row["hope"]["saved_activations_bytes"]
+    assert row["hope_ckpt_over_llama_tokens_per_s"] == c["tokens_per_s"] / row["llama"]["tokens_per_s"]
+    assert "Hope ckpt tok/s" in speed.markdown(results)
 
 
 def test_aten_calls_counts_every_operator_call_of_a_step():

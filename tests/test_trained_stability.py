@@ -1,0 +1,72 @@
+"""A trained model stays stable far beyond its training length (issue #10): the logits' gain from a tiny nudge of
+token 0 stays <= 100 out to 16x the training length (float64), and in float32 one call equals split calls (the memory
+carried in the cache) to 1e-3 at 4k tokens. The issue asks for the gain out to 8x; there a chaotic model can sit on
+either side of 100 (43.6 and 169 measured for two trainings that differ only in float rounding), at 16x it cannot.
+Fresh models pass both trivially; what training makes of the memories' writes is what can make them chaotic.
+
+Not met yet (strict xfail: a fix turns them into failures, and the marks must go). Measured with this recipe: gain
+per 256-token window 51, 0.4, 1.1, 0.8, 2.2, 3.9, 12, 44 (8x), 284, 1.9e3, ... 2.5e5 (16x); one vs split max |logit
+difference| per 512 tokens <= 3.1e-5 to 2k, then 7.5e-4, 2.6e-3, 0.059 (4k). The output memory's writes drive it:
+with them switched off in evaluation the gain stays <= 0.03 past the first window and the split difference <= 4.3e-6;
+with the projection memories' writes or the CMS commits off it does not improve; training the output memory towards
+v_t instead of its self-generated M_memory(v_t) (Eq. 87/94) does not fix it either (gain 11 at 8x, 1.3e4 at 16x)."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` lives at the repo root
+
+from benchmarks import common
+
+SEQ_LEN = 256
+UNSTABLE = pytest.mark.xfail(strict=True, raises=AssertionError,
+                             reason="issue #10: the trained output memory is chaotic past ~4x its training length")
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """`tiny` trained on the docs corpus with lm_quality's recipe (150 steps of 4 x 256 tokens)."""
+    torch.manual_seed(0)
+    docs = common.corpus("docs", 300_000)
+    tok = common.tokenizer_for(docs, 2048)
+    train, _ = common.split_blocks(common.to_blocks(docs, tok, SEQ_LEN), 8, 0)
+    model = common.build("hope", common.hope_config("tiny", tok), 0, SEQ_LEN)
+    r = common.train_lm(model, train, 150, batch_size=4, lr=3e-3, seed=0)
+    assert not r["diverged"] and r["train_loss"][-1] < r["train_loss"][0] - 2     # it did learn
+    ids = torch.cat([train[i] for i in range(16)]).view(1, -1)              # 4096 tokens of real text
+    return model.eval(), ids
+
+
+@pytest.mark.slow
+@UNSTABLE
+def test_gain_from_a_nudge_of_token_0_stays_bounded_to_16x_the_training_length(trained):
+    model, ids = trained
+    model = model.double()
+    try:
+        with torch.no_grad():
+            e = model.model.embed_tokens(ids)
+            base = model(inputs_embeds=e, use_cache=False).logits
+            eps, nudged = 1e-6, e.clone()
+            nudged[:, 0] += eps * torch.randn(e.shape[-1], dtype=e.dtype, generator=torch.Generator().manual_seed(1))
+            gain = (model(inputs_embeds=nudged, use_cache=False).logits - base).abs().amax((0, 2)) / eps
+    finally:
+        model.float()
+    by_window = [round(gain[i:i + SEQ_LEN].max().item(), 2) for i in range(0, gain.numel(), SEQ_LEN)]
+    assert max(by_window) <= 100, by_window
+    assert gain[SEQ_LEN:].max() > 0                      # token 0 still reaches the far positions (through the memory)
+
+
+@pytest.mark.slow
+@UNSTABLE
+def test_float32_one_call_equals_split_calls_at_4k_tokens(trained):
+    model, ids = trained
+    with torch.no_grad():
+        one = model(input_ids=ids).logits
+        first = model(input_ids=ids[:, :1000], use_cache=True)
+        rest = model(input_ids=ids[:, 1000:], past_key_values=first.past_key_values, use_cache=True)
+    diff = (one - torch.cat([first.logits, rest.logits], 1)).abs().amax(-1)[0]
+    assert ids.shape[1] == 4096
+    assert diff.max() <= 1e-3, [f"{diff[i:i + 512].max().item():.2g}" for i in range(0, 4096, 512)]
