@@ -1,6 +1,6 @@
 """Ablation benchmark (the paper's Table 6 at small scale): Hope tiny with one component switched off at a time.
 
-    python -m benchmarks.ablations [--quick] [--steps N] [--variants hope no_cms ...] [--out DIR]
+    python -m benchmarks.ablations [--quick] [--steps N] [--variants hope no_cms ...] [--seeds 0 1 2] [--out DIR]
 
 Variants (`VARIANTS`, flags of `HopeConfig`): "hope" (full model), "no_cms" (`cms_chunk_sizes=[]`: no Continuum
 Memory System), "no_self_modification" (`self_modifying=False`: static k/v/q/eta/alpha projections, a plain Titans
@@ -8,12 +8,14 @@ memory), "no_dgd" (`use_dgd=False`: plain gradient step with retention instead o
 "no_momentum" (`use_momentum=False`), "fixed_q" (`adaptive_query=False`: a fixed linear query).
 
 Every variant is trained on the stdlib-docstring corpus with the same tokenizer, the same train/validation blocks,
-the same batches in the same order, the same seed, steps, learning rate and schedule (`common.train_lm`: AdamW,
+the same batches in the same order, the same seeds, steps, learning rate and schedule (`common.train_lm`: AdamW,
 linear warm-up over 10% of the steps, cosine decay to 10%), and evaluated with `common.evaluate` on the same
 held-out blocks every `eval_every` steps and at the end. Records per variant: the flags, parameter count, final
 validation loss / perplexity and their curve, the training loss per step and the median seconds per step.
 Writes `<out>/ablations.json` and `<out>/ablations.png` (final perplexity vs full Hope + validation curves) and prints a
-markdown table. Timings are per-process on a CPU that may be shared (`machine.other_processes_avg_cores_busy`).
+markdown table; with several seeds (default 0 1 2: each its own split, initialisation and batch order) the table
+and plot report the means (min-max) and the first seed's curves. Timings are per-process on a CPU that may be
+shared (`machine.other_processes_avg_cores_busy`).
 `--quick` is a smoke run (small vocab, short blocks, few steps): its numbers say nothing about the components.
 Non-finite losses (a diverged run) are stored as Infinity.
 """
@@ -44,9 +46,9 @@ ABLATION_FIELDS = ("cms_chunk_sizes", "self_modifying", "use_dgd", "use_momentum
 # Full run: ~9-10 minutes on 2 otherwise idle CPU cores, BENCH_THREADS=1 (Hope tiny variants ~0.1-0.4 s per step of
 # 8 x 128 tokens).
 DEFAULTS = {"steps": 300, "batch_size": 8, "seq_len": 128, "vocab_size": 2048, "max_chars": 800_000,
-            "val_blocks": 64, "eval_every": 50, "lr": 3e-3, "variants": tuple(VARIANTS)}
+            "val_blocks": 64, "eval_every": 50, "lr": 3e-3, "variants": tuple(VARIANTS), "seeds": (0, 1, 2)}
 QUICK = {"steps": 40, "batch_size": 4, "seq_len": 64, "vocab_size": 512, "max_chars": 200_000, "val_blocks": 16,
-         "eval_every": 10}
+         "eval_every": 10, "seeds": (0,)}
 
 
 def _settings(quick: bool, overrides: dict) -> dict:
@@ -72,13 +74,37 @@ def train_variant(name: str, tok, train: torch.Tensor, val: torch.Tensor, s: dic
             "diverged": r["diverged"], "median_step_s": r["median_step_s"]}
 
 
-def run(quick=False, out=common.RESULTS, seed=0, **overrides) -> dict:
-    """Train every variant (settings: `DEFAULTS`, `QUICK` with `quick`, then `overrides`); write and return results."""
+def aggregate(runs: list[dict]) -> dict:
+    """Per variant over the seeds: the first seed's record (flags, params, curves) with the validation loss and
+    perplexity replaced by their means (inf if any seed diverged), plus `val_perplexity_min` / `_max`."""
+    variants = {}
+    for name, first in runs[0]["variants"].items():
+        losses = [r["variants"][name]["val_loss"] for r in runs]
+        ppl = [r["variants"][name]["val_perplexity"] for r in runs]
+        ok = all(math.isfinite(x) for x in ppl)
+        variants[name] = {**first, "val_loss": sum(losses) / len(losses) if ok else float("inf"),
+                          "val_perplexity": sum(ppl) / len(ppl) if ok else float("inf"),
+                          "val_perplexity_min": min(ppl), "val_perplexity_max": max(ppl),
+                          "median_step_s": sorted(r["variants"][name]["median_step_s"] for r in runs)[len(runs) // 2]}
+    return variants
+
+
+def run(quick=False, out=common.RESULTS, seeds=None, **overrides) -> dict:
+    """Train every variant once per seed (default 0 1 2, `quick`: 0; each seed its own split, initialisation and
+    batch order; settings: `DEFAULTS`, `QUICK` with `quick`, then `overrides`); write and return the results:
+    `variants` holds the means over the seeds (`aggregate`), `runs` each seed's."""
     s = _settings(quick, overrides)
+    seeds = [int(x) for x in (seeds if seeds is not None else s["seeds"])]
     bench = common.Run()  # honours BENCH_THREADS
     docs = common.corpus(CORPUS, s["max_chars"])
     tok = common.tokenizer_for(docs, s["vocab_size"])
-    train, val = common.split_blocks(common.to_blocks(docs, tok, s["seq_len"]), s["val_blocks"], seed)
+    blocks = common.to_blocks(docs, tok, s["seq_len"])
+    runs = []
+    for seed in seeds:
+        train, val = common.split_blocks(blocks, s["val_blocks"], seed)
+        variants = {name: train_variant(name, tok, train, val, s, seed) for name in s["variants"]}
+        _add_deltas(variants)
+        runs.append({"seed": seed, "variants": variants})
     results = {"setup": {"quick": quick, "preset": PRESET, "corpus": CORPUS,
                          "corpus_description": common.CORPUS_DESCRIPTIONS[CORPUS], "max_chars": s["max_chars"],
                          "vocab_size": len(tok), "steps": s["steps"], "batch_size": s["batch_size"],
@@ -86,15 +112,17 @@ def run(quick=False, out=common.RESULTS, seed=0, **overrides) -> dict:
                          "train_blocks": len(train), "val_blocks": len(val), "eval_every": s["eval_every"],
                          "lr": s["lr"], "optimizer": "AdamW (betas 0.9, 0.95), weight decay 0.01",
                          "schedule": "linear warm-up over 10% of the steps, then cosine to 0.1x", "grad_clip": 1.0,
-                         "seed": seed},
-               "variants": {}}
-    for name in s["variants"]:
-        results["variants"][name] = train_variant(name, tok, train, val, s, seed)
-    full = results["variants"].get("hope")
-    for r in results["variants"].values():
-        r["val_ppl_delta_vs_hope"], r["val_ppl_rel_delta_vs_hope"] = _delta(r, full)
+                         "seeds": seeds},
+               "variants": aggregate(runs) if len(runs) > 1 else runs[0]["variants"], "runs": runs}
+    _add_deltas(results["variants"])
     common.write_results(out, NAME, bench.finish(results), plot)
     return results
+
+
+def _add_deltas(variants: dict):
+    full = variants.get("hope")
+    for r in variants.values():
+        r["val_ppl_delta_vs_hope"], r["val_ppl_rel_delta_vs_hope"] = _delta(r, full)
 
 
 def _delta(r: dict, full: dict | None):
@@ -140,12 +168,17 @@ def plot(results: dict, path):
 
 
 def markdown(results: dict) -> str:
+    seeds = results["setup"].get("seeds", [results["setup"].get("seed", 0)])
+    many = len(seeds) > 1
     rows = ["| variant | params | val loss | val perplexity | vs full Hope | s/step |", "|---|---|---|---|---|---|"]
     for name, r in results["variants"].items():
         d, rel = r["val_ppl_delta_vs_hope"], r["val_ppl_rel_delta_vs_hope"]
         delta = "-" if name == "hope" else "n/a" if d is None else f"{d:+.1f} ({rel:+.1%})"
-        rows.append(f"| {name} | {r['params']:,} | {r['val_loss']:.3f} | {r['val_perplexity']:.1f} | {delta} | "
+        span = f" ({r['val_perplexity_min']:.1f}-{r['val_perplexity_max']:.1f})" if many else ""
+        rows.append(f"| {name} | {r['params']:,} | {r['val_loss']:.3f} | {r['val_perplexity']:.1f}{span} | {delta} | "
                     f"{r['median_step_s']:.3f} |")
+    if many:
+        rows.insert(0, f"Mean over seeds {', '.join(map(str, seeds))} (min-max over the seeds).\n")
     return "\n".join(rows)
 
 
@@ -161,11 +194,12 @@ def main(argv=None):
     p.add_argument("--eval-every", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS))
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", help="one run per seed, reported as mean and min-max (default "
+                   "0 1 2; --quick: 0)")
     p.add_argument("--out", type=Path, help="results folder (default benchmarks/results, --quick: .../quick)")
     a = p.parse_args(argv)
     a.out = a.out or (common.QUICK_RESULTS if a.quick else common.RESULTS)
-    res = run(quick=a.quick, out=a.out, seed=a.seed, steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len,
+    res = run(quick=a.quick, out=a.out, seeds=a.seeds, steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len,
               vocab_size=a.vocab_size, max_chars=a.max_chars, val_blocks=a.val_blocks, eval_every=a.eval_every,
               lr=a.lr, variants=a.variants)
     print(markdown(res))

@@ -1,6 +1,6 @@
 """Continual-learning benchmark: how much of domain A do Hope and a parameter-matched Llama forget while learning B?
 
-    python -m benchmarks.continual [--quick] [--steps N] [--out DIR]
+    python -m benchmarks.continual [--quick] [--steps N] [--seeds 0 1 2] [--out DIR]
 
 Domain A is the stdlib-docstring corpus (English technical prose), domain B the stdlib source code (docstrings and
 comments stripped); one BPE tokenizer is trained on both. Hope tiny and a Llama with the same vocabulary, width,
@@ -14,7 +14,9 @@ Reported per model: A perplexity after phase 1 and after phase 2, the rise in A 
 B perplexity after phase 1 and phase 2. `hope_rise_over_llama_rise` divides the two rises; the issue's target is a
 rise at least 30% smaller for Hope (ratio <= 0.7, with Llama's rise > 0), stored as `target_met`. Writes
 `<out>/continual.json` and `<out>/continual.png` (A and B validation perplexity vs total steps, the phase switch
-marked) and prints a markdown table. `--quick` is a smoke run: its numbers say nothing about forgetting.
+marked; the first seed's curves) and prints a markdown table. Each seed (default 0 1 2) has its own split,
+initialisation and batch order; the table reports the means (min-max) and the ratio of the mean rises.
+`--quick` is a smoke run: its numbers say nothing about forgetting.
 Non-finite losses (a diverged run) are stored as Infinity; undefined ratios as null.
 """
 
@@ -34,9 +36,9 @@ TARGET_RATIO = 0.7  # Hope's rise in A perplexity at least 30% smaller than Llam
 # Full run: ~6-7 minutes on 2 otherwise idle CPU cores, BENCH_THREADS=1 (Hope tiny ~0.4 s, Llama ~0.03 s per step
 # of 8 x 128 tokens).
 DEFAULTS = {"steps": 400, "batch_size": 8, "seq_len": 128, "vocab_size": 2048, "max_chars": 800_000,
-            "val_blocks": 64, "eval_every": 50, "lr": 3e-3}
+            "val_blocks": 64, "eval_every": 50, "lr": 3e-3, "seeds": (0, 1, 2)}
 QUICK = {"steps": 40, "batch_size": 4, "seq_len": 64, "vocab_size": 512, "max_chars": 200_000, "val_blocks": 16,
-         "eval_every": 10}
+         "eval_every": 10, "seeds": (0,)}
 
 
 def _phase(r: dict, offset: int) -> dict:
@@ -74,16 +76,45 @@ def train_model(kind: str, config, data: dict, s: dict, seed: int) -> dict:
             "phase1": p1, "phase2": p2}
 
 
-def run(quick=False, out=common.RESULTS, seed=0, **overrides) -> dict:
-    """Train both models on A then B (settings: `DEFAULTS`, `QUICK` with `quick`, then `overrides`); write and
-    return the results."""
+SCALARS = ("A_ppl_after_phase1", "A_ppl_after_phase2", "A_ppl_rise", "B_ppl_after_phase1", "B_ppl_after_phase2")
+
+
+def aggregate(runs: list[dict]) -> dict:
+    """Per model over the seeds: the first seed's record (params, curves, step times) with every perplexity and the
+    rise replaced by its mean over the seeds (None if any seed's is undefined), plus `<measure>_min` / `_max`."""
+    models = {}
+    for kind, first in runs[0]["models"].items():
+        m = dict(first)
+        for key in SCALARS:
+            vals = [r["models"][kind][key] for r in runs]
+            ok = all(v is not None and math.isfinite(v) for v in vals)
+            m[key] = sum(vals) / len(vals) if ok else (None if key == "A_ppl_rise" else float("inf"))
+            m[f"{key}_min"], m[f"{key}_max"] = (min(vals), max(vals)) if ok else (m[key], m[key])
+        models[kind] = m
+    return models
+
+
+def rise_ratio(models: dict) -> float | None:
+    h, ll = (models[k]["A_ppl_rise"] for k in MODELS)
+    return h / ll if h is not None and ll is not None and ll > 0 else None
+
+
+def run(quick=False, out=common.RESULTS, seeds=None, **overrides) -> dict:
+    """Train both models on A then B once per seed (default 0 1 2, `quick`: 0; each seed its own split,
+    initialisation and batch order; settings: `DEFAULTS`, `QUICK` with `quick`, then `overrides`); write and return
+    the results: `models` holds the mean over the seeds (`aggregate`), `runs` each seed's."""
     s = common.settings(DEFAULTS, QUICK, quick, overrides)
+    seeds = [int(x) for x in (seeds if seeds is not None else s["seeds"])]
     bench = common.Run()  # honours BENCH_THREADS
     docs = {d: common.corpus(name, s["max_chars"]) for d, name in DOMAINS.items()}
     tok = common.tokenizer_for(docs["A"] + docs["B"], s["vocab_size"])
-    data = {d: common.split_blocks(common.to_blocks(docs[d], tok, s["seq_len"]), s["val_blocks"], seed)
-            for d in DOMAINS}
     config = common.hope_config(PRESET, tok)
+    runs = []
+    for seed in seeds:
+        data = {d: common.split_blocks(common.to_blocks(docs[d], tok, s["seq_len"]), s["val_blocks"], seed)
+                for d in DOMAINS}
+        models = {kind: train_model(kind, config, data, s, seed) for kind in MODELS}
+        runs.append({"seed": seed, "models": models, "hope_rise_over_llama_rise": rise_ratio(models)})
     results = {"setup": {"quick": quick, "preset": PRESET,
                          "domains": {d: {"corpus": name, "description": common.CORPUS_DESCRIPTIONS[name],
                                          "train_blocks": len(data[d][0]), "val_blocks": len(data[d][1])}
@@ -94,10 +125,10 @@ def run(quick=False, out=common.RESULTS, seed=0, **overrides) -> dict:
                          "tokens_per_step": s["batch_size"] * s["seq_len"], "eval_every": s["eval_every"],
                          "lr": s["lr"], "optimizer": "AdamW (betas 0.9, 0.95), weight decay 0.01, fresh for each phase",
                          "schedule": "per phase: linear warm-up over 10% of the steps, then cosine to 0.1x",
-                         "grad_clip": 1.0, "seed": seed},
-               "models": {kind: train_model(kind, config, data, s, seed) for kind in MODELS}}
-    h, ll = (results["models"][k]["A_ppl_rise"] for k in MODELS)
-    ratio = h / ll if h is not None and ll is not None and ll > 0 else None
+                         "grad_clip": 1.0, "seeds": seeds},
+               "models": aggregate(runs) if len(runs) > 1 else runs[0]["models"],
+               "runs": runs}
+    ratio = rise_ratio(results["models"])                              # of the mean rises
     results["hope_rise_over_llama_rise"] = ratio
     results["target"] = f"Hope's rise in A perplexity >= {1 - TARGET_RATIO:.0%} smaller than Llama's " \
                         f"(hope_rise_over_llama_rise <= {TARGET_RATIO}, Llama's rise > 0)"
@@ -134,16 +165,24 @@ def plot(results: dict, path):
 
 
 def markdown(results: dict) -> str:
+    seeds = results["setup"].get("seeds", [results["setup"].get("seed", 0)])
     rows = ["| model | params | A ppl after A | A ppl after B | A ppl rise | B ppl after A | B ppl after B | s/step |",
             "|---|---|---|---|---|---|---|---|"]
+    many = len(seeds) > 1
+    span = (lambda r, k, f: f" ({f(r[k + '_min'])}-{f(r[k + '_max'])})" if many and k + "_min" in r else "")
+    ppl, pct = (lambda x: f"{x:.1f}"), (lambda x: f"{x:+.0%}")
     for kind, r in results["models"].items():
-        rise = "n/a" if r["A_ppl_rise"] is None else f"{r['A_ppl_rise']:+.1%}"
-        rows.append(f"| {kind} | {r['params']:,} | {r['A_ppl_after_phase1']:.1f} | {r['A_ppl_after_phase2']:.1f} | "
-                    f"{rise} | {r['B_ppl_after_phase1']:.1f} | {r['B_ppl_after_phase2']:.1f} | "
+        rise = "n/a" if r["A_ppl_rise"] is None else f"{r['A_ppl_rise']:+.1%}{span(r, 'A_ppl_rise', pct)}"
+        rows.append(f"| {kind} | {r['params']:,} | {r['A_ppl_after_phase1']:.1f}{span(r, 'A_ppl_after_phase1', ppl)} | "
+                    f"{r['A_ppl_after_phase2']:.1f}{span(r, 'A_ppl_after_phase2', ppl)} | {rise} | "
+                    f"{r['B_ppl_after_phase1']:.1f} | {r['B_ppl_after_phase2']:.1f} | "
                     f"{r['median_step_s']['phase1']:.3f} |")
     ratio = results["hope_rise_over_llama_rise"]
-    rows.append(f"\nHope's rise / Llama's rise: {'n/a' if ratio is None else f'{ratio:.2f}'} "
-                f"(target <= {TARGET_RATIO}: {'met' if results['target_met'] else 'not met'})")
+    per_seed = [r["hope_rise_over_llama_rise"] for r in results.get("runs", [])]
+    rows.append(f"\nHope's rise / Llama's rise: {'n/a' if ratio is None else f'{ratio:.2f}'}"
+                + (f" (of the mean rises over seeds {', '.join(map(str, seeds))}; per seed: "
+                   + ", ".join("n/a" if x is None else f"{x:.2f}" for x in per_seed) + ")" if many else "")
+                + f" (target <= {TARGET_RATIO}: {'met' if results['target_met'] else 'not met'})")
     return "\n".join(rows)
 
 
@@ -158,11 +197,12 @@ def main(argv=None):
     p.add_argument("--val-blocks", type=int, help="held-out blocks per domain")
     p.add_argument("--eval-every", type=int)
     p.add_argument("--lr", type=float)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", help="one run per seed, reported as mean and min-max (default "
+                   "0 1 2; --quick: 0)")
     p.add_argument("--out", type=Path, help="results folder (default benchmarks/results, --quick: .../quick)")
     a = p.parse_args(argv)
     a.out = a.out or (common.QUICK_RESULTS if a.quick else common.RESULTS)
-    res = run(quick=a.quick, out=a.out, seed=a.seed, steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len,
+    res = run(quick=a.quick, out=a.out, seeds=a.seeds, steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len,
               vocab_size=a.vocab_size, max_chars=a.max_chars, val_blocks=a.val_blocks, eval_every=a.eval_every,
               lr=a.lr)
     print(markdown(res))

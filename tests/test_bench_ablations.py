@@ -18,8 +18,8 @@ def _finite_or_inf(x):
 
 def test_ablations_benchmark_smallest_case(tmp_path):
     steps, eval_every = 3, 2
-    results = ablations.run(out=tmp_path, steps=steps, batch_size=2, seq_len=64, vocab_size=300, max_chars=30_000,
-                            val_blocks=2, eval_every=eval_every)
+    results = ablations.run(out=tmp_path, seeds=[0, 1], steps=steps, batch_size=2, seq_len=64, vocab_size=300,
+                            max_chars=30_000, val_blocks=2, eval_every=eval_every)
     data = json.loads((tmp_path / "ablations.json").read_text())
     assert data == json.loads(json.dumps(results))
     assert (tmp_path / "ablations.png").stat().st_size > 0
@@ -28,7 +28,21 @@ def test_ablations_benchmark_smallest_case(tmp_path):
     assert (s["steps"], s["seq_len_tokens"], s["val_blocks"], s["lr"], s["quick"]) == (steps, 64, 2, 3e-3, False)
     assert s["vocab_size"] <= 300 and s["train_blocks"] > 0
 
-    variants = data["variants"]
+    assert s["seeds"] == [0, 1] and [r["seed"] for r in data["runs"]] == [0, 1]
+    for run in data["runs"]:
+        _check_one_seed(run["variants"], steps)
+    assert data["runs"][0]["variants"]["hope"]["val_loss"] != data["runs"][1]["variants"]["hope"]["val_loss"]
+    for name, r in data["variants"].items():                                # the mean over the seeds
+        ppl = [run["variants"][name]["val_perplexity"] for run in data["runs"]]
+        assert math.isclose(r["val_perplexity"], sum(ppl) / 2)
+        assert (r["val_perplexity_min"], r["val_perplexity_max"]) == (min(ppl), max(ppl))
+        full = data["variants"]["hope"]["val_perplexity"]
+        assert math.isclose(r["val_ppl_rel_delta_vs_hope"], r["val_perplexity"] / full - 1)
+    table = ablations.markdown(results)
+    assert all(f"| {name} |" in table for name in data["variants"]) and "Mean over seeds 0, 1" in table
+
+
+def _check_one_seed(variants, steps):
     assert list(variants) == list(ablations.VARIANTS)
     for name, r in variants.items():
         assert r["flags"] == json.loads(json.dumps(ablations.VARIANTS[name]))
@@ -54,8 +68,6 @@ def test_ablations_benchmark_smallest_case(tmp_path):
     assert variants["no_cms"]["params"] < full["params"]
     assert variants["no_self_modification"]["params"] < full["params"]
     assert variants["no_dgd"]["params"] == full["params"]  # same weights, another memory update rule
-    table = ablations.markdown(results)
-    assert all(f"| {name} |" in table for name in variants)
 
 
 def test_ablations_rejects_unknown_settings(tmp_path):

@@ -18,8 +18,8 @@ def _finite_or_inf(x):
 
 def test_continual_benchmark_smallest_case(tmp_path):
     steps = 4
-    results = continual.run(out=tmp_path, steps=steps, batch_size=2, seq_len=64, vocab_size=300, max_chars=30_000,
-                            val_blocks=2, eval_every=2)
+    results = continual.run(out=tmp_path, seeds=[0, 1], steps=steps, batch_size=2, seq_len=64, vocab_size=300,
+                            max_chars=30_000, val_blocks=2, eval_every=2)
     data = json.loads((tmp_path / "continual.json").read_text())
     assert data == json.loads(json.dumps(results))
     assert (tmp_path / "continual.png").stat().st_size > 0
@@ -29,7 +29,29 @@ def test_continual_benchmark_smallest_case(tmp_path):
     assert {d: v["corpus"] for d, v in s["domains"].items()} == {"A": "docs", "B": "code"}
     assert all(v["val_blocks"] == 2 and v["train_blocks"] > 0 for v in s["domains"].values())
 
-    models = data["models"]
+    assert s["seeds"] == [0, 1] and [r["seed"] for r in data["runs"]] == [0, 1]
+    assert data["runs"][0]["models"]["hope"]["A_ppl_after_phase1"] != data["runs"][1]["models"]["hope"][
+        "A_ppl_after_phase1"]                                              # the seeds differ
+    for run in data["runs"]:
+        _check_one_seed(run, steps)
+    models = data["models"]                                               # the mean over the seeds
+    for kind, m in models.items():
+        for key in continual.SCALARS:
+            vals = [run["models"][kind][key] for run in data["runs"]]
+            assert math.isclose(m[key], sum(vals) / 2) and (m[key + "_min"], m[key + "_max"]) == (min(vals), max(vals))
+    h, ll = models["hope"]["A_ppl_rise"], models["llama"]["A_ppl_rise"]
+    ratio = data["hope_rise_over_llama_rise"]
+    if ll > 0:
+        assert math.isclose(ratio, h / ll)
+        assert data["target_met"] is (ratio <= 0.7)
+    else:
+        assert ratio is None and data["target_met"] is False
+    md = continual.markdown(results)
+    assert "| hope |" in md and "| llama |" in md and "over seeds 0, 1" in md
+
+
+def _check_one_seed(run, steps):
+    models = run["models"]
     assert list(models) == ["hope", "llama"]
     assert 0.9 < models["llama"]["params"] / models["hope"]["params"] < 1.1
     for r in models.values():
@@ -51,13 +73,7 @@ def test_continual_benchmark_smallest_case(tmp_path):
         assert math.isclose(r["A_ppl_rise"], r["A_ppl_after_phase2"] / r["A_ppl_after_phase1"] - 1)
 
     h, ll = models["hope"]["A_ppl_rise"], models["llama"]["A_ppl_rise"]
-    ratio = data["hope_rise_over_llama_rise"]
-    if ll > 0:
-        assert math.isclose(ratio, h / ll)
-        assert data["target_met"] is (ratio <= 0.7)
-    else:
-        assert ratio is None and data["target_met"] is False
-    assert "| hope |" in continual.markdown(results) and "| llama |" in continual.markdown(results)
+    assert run["hope_rise_over_llama_rise"] == (h / ll if ll > 0 else None)
 
 
 def test_continual_rejects_unknown_settings(tmp_path):
