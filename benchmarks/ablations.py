@@ -43,8 +43,8 @@ VARIANTS = {
 }
 # The config fields the variants touch, recorded for every variant.
 ABLATION_FIELDS = ("cms_chunk_sizes", "self_modifying", "use_dgd", "use_momentum", "adaptive_query")
-# Full run: ~9-10 minutes on 2 otherwise idle CPU cores, BENCH_THREADS=1 (Hope tiny variants ~0.1-0.4 s per step of
-# 8 x 128 tokens).
+# Full run (3 seeds): ~25 minutes on 2 CPU cores with another benchmark on the second, BENCH_THREADS=1 (Hope tiny
+# variants ~0.15-0.35 s per step of 8 x 128 tokens).
 DEFAULTS = {"steps": 300, "batch_size": 8, "seq_len": 128, "vocab_size": 2048, "max_chars": 800_000,
             "val_blocks": 64, "eval_every": 50, "lr": 3e-3, "variants": tuple(VARIANTS), "seeds": (0, 1, 2)}
 QUICK = {"steps": 40, "batch_size": 4, "seq_len": 64, "vocab_size": 512, "max_chars": 200_000, "val_blocks": 16,
@@ -175,6 +175,9 @@ def markdown(results: dict) -> str:
         d, rel = r["val_ppl_delta_vs_hope"], r["val_ppl_rel_delta_vs_hope"]
         delta = "-" if name == "hope" else "n/a" if d is None else f"{d:+.1f} ({rel:+.1%})"
         span = f" ({r['val_perplexity_min']:.1f}-{r['val_perplexity_max']:.1f})" if many else ""
+        paired = [run["variants"][name]["val_ppl_rel_delta_vs_hope"] for run in results.get("runs", [])]
+        if many and name != "hope" and None not in paired:                 # the same seed's full Hope as baseline
+            delta += "; per seed " + " / ".join(f"{x:+.1%}" for x in paired)
         rows.append(f"| {name} | {r['params']:,} | {r['val_loss']:.3f} | {r['val_perplexity']:.1f}{span} | {delta} | "
                     f"{r['median_step_s']:.3f} |")
     if many:

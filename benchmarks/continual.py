@@ -33,8 +33,8 @@ PRESET = "tiny"
 DOMAINS = {"A": "docs", "B": "code"}
 MODELS = ("hope", "llama")
 TARGET_RATIO = 0.7  # Hope's rise in A perplexity at least 30% smaller than Llama's
-# Full run: ~6-7 minutes on 2 otherwise idle CPU cores, BENCH_THREADS=1 (Hope tiny ~0.4 s, Llama ~0.03 s per step
-# of 8 x 128 tokens).
+# Full run (3 seeds): ~17 minutes on 2 CPU cores with another benchmark on the second, BENCH_THREADS=1 (Hope tiny
+# ~0.33 s, Llama ~0.04 s per step of 8 x 128 tokens).
 DEFAULTS = {"steps": 400, "batch_size": 8, "seq_len": 128, "vocab_size": 2048, "max_chars": 800_000,
             "val_blocks": 64, "eval_every": 50, "lr": 3e-3, "seeds": (0, 1, 2)}
 QUICK = {"steps": 40, "batch_size": 4, "seq_len": 64, "vocab_size": 512, "max_chars": 200_000, "val_blocks": 16,

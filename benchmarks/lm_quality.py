@@ -45,8 +45,9 @@ def run_corpus(name: str, s: dict, seeds) -> dict:
             loss = common.final_eval(r, "val")
             models[kind] = {"params": common.n_params(model), **r, "val_loss": loss,
                             "val_perplexity": common.perplexity(loss)}
+        ratio = models["hope"]["val_perplexity"] / models["llama"]["val_perplexity"]
         runs.append({"seed": seed, "train_blocks": len(train), "val_blocks": len(val), "models": models,
-                     "hope_over_llama_perplexity": models["hope"]["val_perplexity"] / models["llama"]["val_perplexity"]})
+                     "hope_over_llama_perplexity": ratio})
     res = {"corpus": name, "description": common.CORPUS_DESCRIPTIONS[name], "documents": len(docs),
            "chars": sum(map(len, docs)), "vocab_size": len(tok), "train_blocks": runs[0]["train_blocks"],
            "val_blocks": runs[0]["val_blocks"], "models": aggregate(runs), "runs": runs}
@@ -139,8 +140,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="few steps, small vocabulary, short blocks (a smoke run)")
     p.add_argument("--steps", type=int)
-    p.add_argument("--seeds", type=int, nargs="+", help="one run per seed, reported as mean and min-max (default 0 1 2; "
-                   "--quick: 0)")
+    p.add_argument("--seeds", type=int, nargs="+",
+                   help="one run per seed, reported as mean and min-max (default 0 1 2; --quick: 0)")
     p.add_argument("--out", type=Path, help="results folder (default benchmarks/results, --quick: .../quick)")
     a = p.parse_args(argv)
     a.out = a.out or (common.QUICK_RESULTS if a.quick else common.RESULTS)

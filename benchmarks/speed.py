@@ -329,8 +329,8 @@ def markdown(results: dict) -> str:
     if ckpt:
         lines += ["\nHope with activation checkpointing (`--gradient-checkpointing`: each span's block forward is "
                   "recomputed in backward):\n",
-                  "| preset | tokens | Hope ckpt tok/s | Hope ckpt / Llama tok/s | Hope ckpt / Llama activations KiB per "
-                  "token | Hope ckpt peak RSS MiB |", "|---|---|---|---|---|---|"]
+                  "| preset | tokens | Hope ckpt tok/s | Hope ckpt / Llama tok/s | Hope ckpt / Llama activations KiB "
+                  "per token | Hope ckpt peak RSS MiB |", "|---|---|---|---|---|---|"]
         for r in ckpt:
             c, l_ = r["hope_ckpt"], r["llama"]
             lines.append(f"| {r['preset']} | {r['seq_len_tokens']} | {c['tokens_per_s']:,.0f} "

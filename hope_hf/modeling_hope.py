@@ -615,22 +615,13 @@ class HopeModel(HopePreTrainedModel):
 
     def _accumulate(self, lstates, level_inputs, u, reference, active, layers=None):
         """Add sum_t grad_theta <MLP_theta(x_t), u_t> of the given positions to each active level's pending sum."""
-        jobs = [(lvl, lv, xin) for layer, st, xins in zip(layers or self.layers, lstates, level_inputs)
-                for lvl, lv, xin, on in zip(layer.cms, st["cms"], xins, active) if on]
-        if not jobs:
-            return
-        if reference:
-            grads = [cms_grad_reference(lv.get("theta", lvl.theta0()), xin, u) for lvl, lv, xin in jobs]
-        elif len(jobs) == 1:
-            grads = [cms_grad(jobs[0][1].get("theta", jobs[0][0].theta0()), jobs[0][2], u)]
-        else:             # every level of every layer in one batched call (the levels share their shapes)
-            B = u.shape[0]
-            thetas = [lv.get("theta") or tuple(w.expand(B, *w.shape) for w in lvl.theta0()) for lvl, lv, _ in jobs]
-            g = cms_grad(tuple(torch.cat(ws) for ws in zip(*thetas)), torch.cat([xin for *_, xin in jobs]),
-                         u.repeat(len(jobs), 1, 1))
-            grads = list(zip(*(t.split(B) for t in g)))
-        for (_, lv, _), g in zip(jobs, grads):
-            lv["grad"] = g if "grad" not in lv else tuple(a + b for a, b in zip(lv["grad"], g))
+        grad_fn = cms_grad_reference if reference else cms_grad
+        for layer, st, xins in zip(layers or self.layers, lstates, level_inputs):
+            for lvl, lv, xin, on in zip(layer.cms, st["cms"], xins, active):
+                if not on:
+                    continue
+                g = grad_fn(lv.get("theta", lvl.theta0()), xin, u)
+                lv["grad"] = g if "grad" not in lv else tuple(a + b for a, b in zip(lv["grad"], g))
 
     def _commit(self, lstates, token_count, real, static_count=None, layers=None):
         """NeurIPS Eq. 31: level l steps theta <- theta - eta_l g_l * sum(chunk) when the token count hits C_l (the

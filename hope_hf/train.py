@@ -375,6 +375,25 @@ class RunLog:
         return [json.loads(line) for line in self.path.read_text().splitlines()] if self.path.exists() else []
 
 
+def complete_adam_state(optimizer):
+    """Give every trainable parameter that has no optimizer state yet the state Adam(W) creates lazily at its first
+    gradient (step 0, zero moments; Adam treats it exactly like no state). A sharded (DCP) checkpoint then has an entry
+    for every parameter, which its loader requires: it initialises every state before reading. A parameter can go
+    without a gradient for a while, e.g. the projection memories' write scale while their 64-token chunks never end
+    inside a 64-token TBPTT segment."""
+    optimizer = getattr(optimizer, "optimizer", optimizer)                      # Accelerate's wrapper
+    scalar = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32     # as Adam's own
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.requires_grad and not optimizer.state[p]:
+                state = {"step": torch.tensor(0.0, dtype=scalar),
+                         "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                         "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+                if group.get("amsgrad"):
+                    state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                optimizer.state[p] = state
+
+
 def save_checkpoint(accelerator: Accelerator, args, step: int, state: dict, config, tok) -> Path:
     """`accelerator.save_state` into a temporary directory, then renamed into place (atomic)."""
     root = args.output_dir / "checkpoints"
@@ -621,6 +640,8 @@ def run(args) -> Path:
                     tqdm.write(f"step {step}: val loss {val_loss:.4f}, perplexity {math.exp(val_loss):,.2f}")
             if (args.save_every and step % args.save_every == 0) or step == args.max_steps:
                 state = {"step": step, "tokens": tokens, "elapsed": elapsed, "args": run_args}
+                if args.fsdp:
+                    complete_adam_state(optimizer)
                 save_checkpoint(accelerator, args, step, state, config, tok)
     if args.debug_log_batches:
         digest = torch.tensor([params_hash(model)], device=accelerator.device)

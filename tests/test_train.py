@@ -175,3 +175,27 @@ def test_compile_refuses_tbptt_segments(tmp_path):
     with pytest.raises(ValueError, match="--compile is not supported with --fsdp"):
         run_train("--compile", "--fsdp", "--output-dir", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_completed_adam_state_changes_nothing():
+    """`complete_adam_state` (before sharded checkpoints) gives a parameter without a gradient yet the state AdamW would
+    create itself, so the run continues exactly as without it."""
+    import torch
+
+    from hope_hf.train import complete_adam_state
+
+    runs = []
+    for complete in (False, True):
+        torch.manual_seed(0)
+        late, early = torch.nn.Parameter(torch.randn(3)), torch.nn.Parameter(torch.randn(3))
+        opt = torch.optim.AdamW([late, early], lr=0.1, weight_decay=0.01)
+        for step in range(4):
+            loss = (early ** 2).sum() + ((late ** 3).sum() if step >= 2 else 0)   # `late` gets gradients from step 2
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if complete:
+                complete_adam_state(opt)
+                assert set(opt.state[late]) == {"step", "exp_avg", "exp_avg_sq"}
+        runs.append((late.detach().clone(), early.detach().clone(), opt.state[late]["step"].item()))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1]) and runs[0][2] == runs[1][2] == 2
