@@ -19,6 +19,8 @@ START, END = "<!-- benchmarks -->", "<!-- /benchmarks -->"
 # result file -> (module with `markdown`, title, command)
 SECTIONS = [
     ("speed", "speed", "Training speed (CPU, float32, batch 1)", "python -m benchmarks.speed"),
+    ("speed_contention", "speed", "Training speed next to one busy process (CPU, float32, batch 1)",
+     "python -m benchmarks.speed --contention --presets tiny --lengths 512 2048 --no-reference"),
     ("decode_tiny", "decode", "Decode, tiny (CPU, batch 1)", "python -m benchmarks.decode --preset tiny"),
     ("decode_small", "decode", "Decode, small (CPU, batch 1)", "python -m benchmarks.decode --preset small"),
     ("lm_quality", "lm_quality", "Language-modelling quality", "python -m benchmarks.lm_quality"),

@@ -1,6 +1,6 @@
 """CPU speed benchmark: Hope vs a parameter-matched Llama, and Hope's chunk-parallel memories vs the reference.
 
-    python -m benchmarks.speed [--quick] [--out benchmarks/results]
+    python -m benchmarks.speed [--quick] [--contention] [--out benchmarks/results]
 
 1. Training throughput (forward + backward, tokens/s) of Hope presets next to a `LlamaForCausalLM` with the same
    vocabulary, width, depth and heads, tied embeddings, and an MLP width chosen so both have ~equal parameters, at
@@ -10,14 +10,19 @@
    measured with activation checkpointing ("hope_ckpt": tokens/s, activations, peak RSS).
 2. Forward-only time of Hope tiny with `set_memory_impl("fast")` vs `("reference")` under `torch.no_grad()`.
 
+With `--contention` every case runs next to one busy background process (`<out>/speed_contention.json`).
+
 Writes `<out>/speed.json` (machine description and every measurement, units in the key names) and `<out>/speed.png`,
 and prints a markdown table.
 """
 
 import argparse
+import contextlib
 import functools
 import os
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -279,6 +284,28 @@ def memory_impl_speedup(seq_len: int, iters: int, budget_s: float, limit_s: floa
             "speedup_x": statistics.median(ref) / statistics.median(fast), "note": note}
 
 
+@contextlib.contextmanager
+def busy_process(on: bool = True):
+    """One CPU-bound background process (`python -c "while True: pass"`) while the block runs: the shared machine a
+    user trains on (README "Threads"). Yields {"command", and at the end "cpu_s": the CPU seconds it used}, or None
+    when `on` is false."""
+    if not on:
+        yield None
+        return
+    import psutil
+
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    info = {"command": "python -c 'while True: pass'"}
+    try:
+        yield info
+    finally:
+        with contextlib.suppress(psutil.Error):
+            times = psutil.Process(proc.pid).cpu_times()
+            info["cpu_s"] = times.user + times.system
+        proc.kill()
+        proc.wait()
+
+
 def plot(rows: list[dict], path: Path):
     import matplotlib
 
@@ -359,7 +386,12 @@ def markdown(results: dict) -> str:
     for sk in results.get("skipped", []):
         lines.append(f"\nNot measured: {sk['preset']} at {sk['seq_len_tokens']} tokens ({sk['reason']}).")
     m = results["machine"]
-    if m.get("other_processes_avg_cores_busy", 0) > 0.1:
+    bg = results["settings"].get("background_process")
+    if bg:
+        lines.append(f"\nMeasured next to one busy background process (`{bg['command']}`) on purpose: it used "
+                     f"{bg.get('cpu_s', float('nan')) / results['wall_time_s']:.2f} of {m['cpu_count']} CPUs on "
+                     f"average.")
+    elif m.get("other_processes_avg_cores_busy", 0) > 0.1:
         lines.append(f"\nWARNING: other processes kept {m['other_processes_avg_cores_busy']:.2f} of {m['cpu_count']} "
                      f"CPUs busy on average during the run; Hope's many small ops slow down far more than Llama's "
                      f"under such contention, so rerun on an idle machine")
@@ -368,61 +400,64 @@ def markdown(results: dict) -> str:
 
 def run(presets=("tiny", "small"), lengths=(512, 2048, 8192), ref_len=1024, iters=3, budget_s=60.0, batch_size=1,
         out="benchmarks/results", quick=False, device="cpu", autocast_dtype=None, name="speed",
-        reference=True, skip=None, aten_max_len=512) -> dict:
+        reference=True, skip=None, aten_max_len=512, contention=False) -> dict:
     """Run every case, write `<out>/<name>.json` and `<out>/<name>.png`, return the results.
 
     Each model's FLOPs are counted in the untimed warm-up call at every length; `peak` is a dense matmul measured
     in the same run, in the dtype the models compute in (float32, or `autocast_dtype`). aten calls per token
     (`aten_calls`) are counted at lengths <= `aten_max_len` (the profiler keeps every event in memory). On CPU,
-    `train_memory` (saved activations and peak RSS, in a fresh process) per case."""
+    `train_memory` (saved activations and peak RSS, in a fresh process) per case. `contention`: every case runs next to
+    one busy background process (`busy_process`)."""
     bench = Run()
     peak = matmul_peak_flops(device, autocast_dtype or torch.float32)
     skip = SKIP if skip is None and torch.device(device).type == "cpu" else (skip or {})
     rows, skipped = [], []
     progress = tqdm(total=len(presets) * len(lengths), desc=name)
-    for preset in presets:
-        torch.manual_seed(0)
-        hope = hope_preset(preset).to(device)
-        torch.manual_seed(0)
-        llama = llama_matching(preset, max(lengths)).to(device)
-        torch.manual_seed(0)
-        hope_ckpt = hope_preset(preset, checkpointing=True).to(device)
-        builders = {"hope": functools.partial(hope_preset, preset),
-                    "llama": functools.partial(llama_matching, preset, max(lengths)),
-                    "hope_ckpt": functools.partial(hope_preset, preset, checkpointing=True)}
-        for seq_len in lengths:
-            if (preset, seq_len) in skip:
-                skipped.append({"preset": preset, "seq_len_tokens": seq_len, "reason": skip[(preset, seq_len)]})
+    with busy_process(contention) as background:
+        for preset in presets:
+            torch.manual_seed(0)
+            hope = hope_preset(preset).to(device)
+            torch.manual_seed(0)
+            llama = llama_matching(preset, max(lengths)).to(device)
+            torch.manual_seed(0)
+            hope_ckpt = hope_preset(preset, checkpointing=True).to(device)
+            builders = {"hope": functools.partial(hope_preset, preset),
+                        "llama": functools.partial(llama_matching, preset, max(lengths)),
+                        "hope_ckpt": functools.partial(hope_preset, preset, checkpointing=True)}
+            for seq_len in lengths:
+                if (preset, seq_len) in skip:
+                    skipped.append({"preset": preset, "seq_len_tokens": seq_len, "reason": skip[(preset, seq_len)]})
+                    progress.update()
+                    continue
+                row = {"preset": preset, "seq_len_tokens": seq_len}
+                for key, model in (("hope", hope), ("llama", llama), ("hope_ckpt", hope_ckpt)):
+                    cfg = model.config
+                    r = train_throughput(model, seq_len, batch_size, iters, budget_s, device, autocast_dtype)
+                    r["fraction_of_matmul_peak"] = r["achieved_flops_per_s"] / peak["flops_per_s"]
+                    if seq_len <= aten_max_len and key != "hope_ckpt":
+                        r.update(aten_calls(model, seq_len, batch_size, device))
+                    if torch.device(device).type == "cpu":
+                        r.update(train_memory(builders[key], seq_len, batch_size))
+                    row[key] = {"params": n_params(model), "hidden_size": cfg.hidden_size,
+                                "num_hidden_layers": cfg.num_hidden_layers, "vocab_size": cfg.vocab_size,
+                                "tie_word_embeddings": cfg.tie_word_embeddings,
+                                **({"intermediate_size": cfg.intermediate_size} if key == "llama" else {}), **r}
+                row["param_ratio_llama_over_hope"] = row["llama"]["params"] / row["hope"]["params"]
+                for key in ("hope", "hope_ckpt"):
+                    row[f"{key}_over_llama_tokens_per_s"] = row[key]["tokens_per_s"] / row["llama"]["tokens_per_s"]
+                for key in ("hope", "hope_ckpt"):
+                    if row[key].get("saved_activations_bytes") and row["llama"].get("saved_activations_bytes"):
+                        row[f"{key}_over_llama_saved_activations"] = (row[key]["saved_activations_bytes"]
+                                                                      / row["llama"]["saved_activations_bytes"])
+                rows.append(row)
                 progress.update()
-                continue
-            row = {"preset": preset, "seq_len_tokens": seq_len}
-            for key, model in (("hope", hope), ("llama", llama), ("hope_ckpt", hope_ckpt)):
-                cfg = model.config
-                r = train_throughput(model, seq_len, batch_size, iters, budget_s, device, autocast_dtype)
-                r["fraction_of_matmul_peak"] = r["achieved_flops_per_s"] / peak["flops_per_s"]
-                if seq_len <= aten_max_len and key != "hope_ckpt":
-                    r.update(aten_calls(model, seq_len, batch_size, device))
-                if torch.device(device).type == "cpu":
-                    r.update(train_memory(builders[key], seq_len, batch_size))
-                row[key] = {"params": n_params(model), "hidden_size": cfg.hidden_size,
-                            "num_hidden_layers": cfg.num_hidden_layers, "vocab_size": cfg.vocab_size,
-                            "tie_word_embeddings": cfg.tie_word_embeddings,
-                            **({"intermediate_size": cfg.intermediate_size} if key == "llama" else {}), **r}
-            row["param_ratio_llama_over_hope"] = row["llama"]["params"] / row["hope"]["params"]
-            row["hope_over_llama_tokens_per_s"] = row["hope"]["tokens_per_s"] / row["llama"]["tokens_per_s"]
-            row["hope_ckpt_over_llama_tokens_per_s"] = row["hope_ckpt"]["tokens_per_s"] / row["llama"]["tokens_per_s"]
-            for key in ("hope", "hope_ckpt"):
-                if row[key].get("saved_activations_bytes") and row["llama"].get("saved_activations_bytes"):
-                    row[f"{key}_over_llama_saved_activations"] = (row[key]["saved_activations_bytes"]
-                                                                  / row["llama"]["saved_activations_bytes"])
-            rows.append(row)
-            progress.update()
-        del hope, llama, hope_ckpt
+            del hope, llama, hope_ckpt
     progress.close()
     results = {"settings": {"quick": quick, "batch_size": batch_size, "max_timed_iters": iters,
                             "per_case_budget_s": budget_s, "device": str(device),
                             "dtype": "float32" if autocast_dtype is None else f"autocast {autocast_dtype}",
-                            "warmup": "one untimed fwd+bwd per model and length, under FlopCounterMode"},
+                            "warmup": "one untimed fwd+bwd per model and length, under FlopCounterMode",
+                            "background_process": background},
                "targets": {"hope_over_llama_tokens_per_s_at_2048": 0.8, "hope_over_llama_tokens_per_s_at_8192": 1.0,
                            "fraction_of_matmul_peak": 0.4, "fast_over_reference_speedup_at_1024": 10.0,
                            "hope_over_llama_saved_activations": 1.5, "small_peak_rss_at_8192_bytes": 8 * 2 ** 30},
@@ -446,6 +481,8 @@ def main(argv=None):
     parser.add_argument("--name", default="speed", help="result file name")
     parser.add_argument("--no-reference", action="store_true", help="skip the fast-vs-reference comparison")
     parser.add_argument("--threads", type=int, help="torch threads (default: BENCH_THREADS, else cores - 1)")
+    parser.add_argument("--contention", action="store_true",
+                        help="run every case next to one busy background process (default name speed_contention)")
     args = parser.parse_args(argv)
     if args.threads:
         os.environ["BENCH_THREADS"] = str(args.threads)               # read by common.Run
@@ -453,10 +490,12 @@ def main(argv=None):
     kw = dict(QUICK) if args.quick else {}
     kw.update({k: v for k, v in (("presets", args.presets and tuple(args.presets)),
                                  ("lengths", args.lengths and tuple(args.lengths))) if v})
-    results = run(out=args.out, batch_size=args.batch_size, device=args.device, name=args.name,
-                  autocast_dtype=torch.bfloat16 if args.bf16 else None, reference=not args.no_reference, **kw)
+    name = "speed_contention" if args.contention and args.name == "speed" else args.name
+    results = run(out=args.out, batch_size=args.batch_size, device=args.device, name=name,
+                  autocast_dtype=torch.bfloat16 if args.bf16 else None, reference=not args.no_reference,
+                  contention=args.contention, **kw)
     print(markdown(results))
-    print(f"\nwall time {results['wall_time_s']:.0f} s; wrote {Path(args.out) / (args.name + '.json')}")
+    print(f"\nwall time {results['wall_time_s']:.0f} s; wrote {Path(args.out) / (name + '.json')}")
 
 
 QUICK = {"presets": ("tiny",), "lengths": (512, 2048), "ref_len": 256, "iters": 2, "budget_s": 20.0, "quick": True}

@@ -92,3 +92,18 @@ def test_peak_rss_sees_a_large_temporary():
     rss = speed.peak_rss_bytes(lambda: torch.ones(64 * 2 ** 20 // 4).add_(1).sum())   # 64 MiB, freed on return
     if rss is not None:                                                          # Linux
         assert 60 * 2 ** 20 <= rss < 200 * 2 ** 20
+
+
+def test_speed_benchmark_under_contention(tmp_path):
+    """`--contention`: the cases run next to one busy background process, which is gone afterwards."""
+    import psutil
+
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    results = speed.run(presets=("tiny",), lengths=(64,), iters=1, budget_s=1.0, out=tmp_path, reference=False,
+                        contention=True, name="speed_contention")
+    bg = results["settings"]["background_process"]
+    assert bg["command"] == "python -c 'while True: pass'"
+    assert bg["cpu_s"] > 0.3 * results["wall_time_s"]                      # the busy process really ran
+    assert (tmp_path / "speed_contention.json").is_file()
+    assert "busy background process" in speed.markdown(results)
+    assert {p.pid for p in psutil.Process().children(recursive=True)} == before
