@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 from pathlib import Path
 
 import torch
@@ -85,7 +86,7 @@ def aggregate(runs: list[dict]) -> dict:
         variants[name] = {**first, "val_loss": sum(losses) / len(losses) if ok else float("inf"),
                           "val_perplexity": sum(ppl) / len(ppl) if ok else float("inf"),
                           "val_perplexity_min": min(ppl), "val_perplexity_max": max(ppl),
-                          "median_step_s": sorted(r["variants"][name]["median_step_s"] for r in runs)[len(runs) // 2]}
+                          "median_step_s": statistics.median_high(r["variants"][name]["median_step_s"] for r in runs)}
     return variants
 
 

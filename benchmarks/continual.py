@@ -109,10 +109,10 @@ def run(quick=False, out=common.RESULTS, seeds=None, **overrides) -> dict:
     docs = {d: common.corpus(name, s["max_chars"]) for d, name in DOMAINS.items()}
     tok = common.tokenizer_for(docs["A"] + docs["B"], s["vocab_size"])
     config = common.hope_config(PRESET, tok)
+    blocks = {d: common.to_blocks(docs[d], tok, s["seq_len"]) for d in DOMAINS}
     runs = []
     for seed in seeds:
-        data = {d: common.split_blocks(common.to_blocks(docs[d], tok, s["seq_len"]), s["val_blocks"], seed)
-                for d in DOMAINS}
+        data = {d: common.split_blocks(blocks[d], s["val_blocks"], seed) for d in DOMAINS}
         models = {kind: train_model(kind, config, data, s, seed) for kind in MODELS}
         runs.append({"seed": seed, "models": models, "hope_rise_over_llama_rise": rise_ratio(models)})
     results = {"setup": {"quick": quick, "preset": PRESET,

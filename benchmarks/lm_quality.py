@@ -16,6 +16,7 @@ Writes `<out>/lm_quality.json` and `<out>/lm_quality.png`.
 from __future__ import annotations
 
 import argparse
+import statistics
 from pathlib import Path
 
 from benchmarks import common
@@ -69,7 +70,7 @@ def aggregate(runs: list[dict]) -> dict:
         models[kind] = {**first, "val_loss": sum(m["val_loss"] for m in ms) / len(ms),
                         "val_perplexity": sum(ppl) / len(ppl), "val_perplexity_min": min(ppl),
                         "val_perplexity_max": max(ppl), "val_perplexities": ppl,
-                        "median_step_s": sorted(m["median_step_s"] for m in ms)[len(ms) // 2]}
+                        "median_step_s": statistics.median_high(m["median_step_s"] for m in ms)}
     return models
 
 

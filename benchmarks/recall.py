@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -293,7 +294,7 @@ def aggregate(runs: list[dict]) -> dict:
         ms = [r["models"][kind] for r in runs]
         m = {k: first[k] for k in ("params", "train_loss", "intermediate_size", "memory_probe") if k in first}
         m.update(steps_done=min(x["steps_done"] for x in ms), diverged=any(x["diverged"] for x in ms),
-                 median_step_s=sorted(x["median_step_s"] for x in ms)[len(ms) // 2],
+                 median_step_s=statistics.median_high(x["median_step_s"] for x in ms),
                  train_s=sum(x["train_s"] for x in ms))
         for key in PER_SEED:
             cols = list(zip(*(x[key] for x in ms)))

@@ -445,7 +445,6 @@ def run(presets=("tiny", "small"), lengths=(512, 2048, 8192), ref_len=1024, iter
                 row["param_ratio_llama_over_hope"] = row["llama"]["params"] / row["hope"]["params"]
                 for key in ("hope", "hope_ckpt"):
                     row[f"{key}_over_llama_tokens_per_s"] = row[key]["tokens_per_s"] / row["llama"]["tokens_per_s"]
-                for key in ("hope", "hope_ckpt"):
                     if row[key].get("saved_activations_bytes") and row["llama"].get("saved_activations_bytes"):
                         row[f"{key}_over_llama_saved_activations"] = (row[key]["saved_activations_bytes"]
                                                                       / row["llama"]["saved_activations_bytes"])
