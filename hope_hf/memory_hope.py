@@ -346,16 +346,22 @@ def output_memory(params, state, k, v, q, eta, log_alpha, mask, offset, cfg, ref
 
     The read sees the writes of every earlier token, those earlier in the same chunk included (design.md A1); the
     inner-loss gradients and the self-generated targets use the chunk-start state (Eq. 90-91).
-    k, v, q: [B, H, T, d]; eta, log_alpha: [B, H, T]; params: log_beta [H] or None. With self-modification the
-    target is M(v_t) (Eq. 87), else v_t (plain Titans). Returns (o [B, H, T, d], new_state)."""
+    k, v, q: [B, H, T, d]; eta, log_alpha: [B, H, T]; params: W1, W2 (M_0, [H, 1, d, h] / [H, 1, h, d]), log_beta
+    [H] or None. With self-modification the target is M(v_t) (Eq. 87), else v_t (plain Titans).
+    Like the projection memories, its retention pulls the state back to M_0, not to 0 (issue #10): decaying W2 towards
+    0 shrinks s = silu(W2 k), and the gradient through the unit norm n = s/|s| moves n by eta/|s|^2, so the trained
+    memory turned chaotic past its training length (logit gain from a 1e-6 nudge of token 0: 44 at 8x, 2.5e5 at 16x;
+    with W2's writes switched off, or with the pull to M_0, <= 0.03 past the first window).
+    Returns (o [B, H, T, d], new_state)."""
     chunk = cfg["memory_chunk_size"]
+    M0 = (params["W1"][None], params["W2"][None])
     outs = []
     for f, f_end in _column_ranges(q.shape[2], offset, chunk, reference):
         vc = v[:, :, None, f:f_end]
         vhat = mlp_memory(state["W1r"], state["W2r"], vc) if cfg["self_modifying"] else vc
         state, o = memory_update(state, k[:, :, None, f:f_end], vhat, eta[..., f:f_end], log_alpha[..., f:f_end],
                                  params["log_beta"], _cols(mask, f, f_end), cfg["memory_objective"], cfg["use_dgd"],
-                                 reference, query=q[:, :, None, f:f_end])
+                                 reference, query=q[:, :, None, f:f_end], prior=M0)
         state = _commit_reads(state, (offset + f_end) % chunk == 0, mask, f_end)
         outs.append(o[:, :, 0])
     return torch.cat(outs, dim=2), state

@@ -149,7 +149,8 @@ class HopeSelfModifyingMemory(nn.Module):
             g_eta, g_alpha = self.gate_logits(xn).transpose(1, 2).chunk(2, dim=1)     # [B, H, S]
             log_alpha = F.logsigmoid(g_alpha)
             eta = torch.minimum(c.memory_lr_max * torch.sigmoid(g_eta), (1 + log_alpha.exp()) / 2)
-        mem_params = {"log_beta": F.logsigmoid(self.mem_beta_logit) if c.use_momentum else None}
+        mem_params = {"W1": self.mem_W1, "W2": self.mem_W2,
+                      "log_beta": F.logsigmoid(self.mem_beta_logit) if c.use_momentum else None}
         o, new_state["mem"] = output_memory(mem_params, state["mem"], k, v, q, eta, log_alpha, wmask, offset, fn_cfg,
                                             reference)
         o = rms_norm(o, self.out_norm_weight, c.rms_norm_eps).transpose(1, 2).reshape(B, S, D)

@@ -153,7 +153,7 @@ def test_projection_and_output_memories_fast_equal_reference(dtype, variant):
     params, u, mask = _memory_setup(dtype, n, momentum=momentum)
     mem_W1 = (0.3 * torch.randn(2, 1, 4, 3, dtype=dtype)).requires_grad_(True)
     mem_W2 = torch.randn(2, 1, 3, 4, dtype=dtype).requires_grad_(True)
-    mem_params = {"log_beta": params["log_beta"]}
+    mem_params = {"W1": mem_W1, "W2": mem_W2, "log_beta": params["log_beta"]}
     results = {}
     for ref in (False, True):
         st = init_memory_state(params["W1"], params["W2"], 2, momentum)
@@ -189,8 +189,9 @@ def test_mask_none_is_every_position_real(reference):
     for mask in (torch.ones(2, 13, dtype=torch.bool), None):
         st = init_memory_state(params["W1"], params["W2"], 2, True)
         k, v, q, eta, log_alpha, bank = projection_memories(params, st, u, mask, 3, cfg, reference=reference)
-        o, mem = output_memory({"log_beta": params["log_beta"]}, init_memory_state(params["W1"][:, :1],
-                               params["W2"][:, :1], 2, True), k, v, q, eta, log_alpha, mask, 3, cfg, reference)
+        M0 = {"W1": params["W1"][:, :1], "W2": params["W2"][:, :1], "log_beta": params["log_beta"]}
+        o, mem = output_memory(M0, init_memory_state(M0["W1"], M0["W2"], 2, True), k, v, q, eta, log_alpha, mask, 3,
+                               cfg, reference)
         outs = [o, *(bank[key] for key in sorted(bank)), *(mem[key] for key in sorted(mem))]
         loss = sum((t * torch.linspace(-1, 1, t.numel(), dtype=dtype).view_as(t)).sum() for t in outs)
         results.append((outs, torch.autograd.grad(loss, [params["W1"], params["W2"], params["eta_w"], u])))
