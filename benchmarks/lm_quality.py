@@ -141,12 +141,16 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="few steps, small vocabulary, short blocks (a smoke run)")
     p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seq-len", type=int, help="training and validation block length in tokens")
+    p.add_argument("--val-blocks", type=int, help="held-out blocks per corpus")
     p.add_argument("--seeds", type=int, nargs="+",
                    help="one run per seed, reported as mean and min-max (default 0 1 2; --quick: 0)")
     p.add_argument("--out", type=Path, help="results folder (default benchmarks/results, --quick: .../quick)")
     a = p.parse_args(argv)
     a.out = a.out or (common.QUICK_RESULTS if a.quick else common.RESULTS)
-    res = run(quick=a.quick, out=a.out, seeds=a.seeds, **({"steps": a.steps} if a.steps else {}))
+    given = {k: getattr(a, k) for k in ("steps", "batch_size", "seq_len", "val_blocks") if getattr(a, k) is not None}
+    res = run(quick=a.quick, out=a.out, seeds=a.seeds, **given)
     print(markdown(res))
 
 
