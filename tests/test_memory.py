@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from hope_hf.memory_hope import (cms_grad, cms_grad_reference, dgd_chunk, dgd_step, init_memory_state,
-                                 output_memory, projection_memories)
+                                 mlp_memory, output_memory, projection_memories)
 
 TOL = {torch.float64: 1e-9, torch.float32: 1e-5}
 
@@ -100,6 +100,27 @@ def test_retention_pulls_back_to_the_prior():
     for _ in range(400):
         Wt, _ = dgd_step(Wt, None, a, torch.zeros_like(grad), one(0.0), one(0.0), one(0.9), prior=P)
     torch.testing.assert_close(Wt, P, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_output_memory_forgets_back_to_its_initial_state(reference):
+    """The output memory's retention also pulls it back to its meta-learned M_0 (issue #10: decaying W2 towards 0
+    made a trained memory chaotic): with nothing written (eta = 0) and alpha = 0.5, a state away from M_0 returns to
+    M_0 (it would decay to 0 without the prior), and its reads become M_0's."""
+    dtype = torch.float64
+    g = torch.Generator().manual_seed(5)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
+    B, H, T, d, h = 2, 2, 70, 4, 3
+    M0 = {"W1": r(H, 1, d, h), "W2": r(H, 1, h, d), "log_beta": None}
+    state = init_memory_state(M0["W1"] + r(H, 1, d, h), M0["W2"] + r(H, 1, h, d), B, False)
+    k, v, q = F.normalize(r(B, H, T, d), dim=-1), r(B, H, T, d), F.normalize(r(B, H, T, d), dim=-1)
+    eta, log_alpha = torch.zeros(B, H, T, dtype=dtype), torch.full((B, H, T), 0.5, dtype=dtype).log()
+    cfg = dict(memory_chunk_size=8, memory_objective="l2", use_dgd=True, self_modifying=True)
+    o, new = output_memory(M0, state, k, v, q, eta, log_alpha, None, 0, cfg, reference)
+    for name in ("W1", "W2"):
+        torch.testing.assert_close(new[name], M0[name].expand_as(new[name]), rtol=0, atol=1e-12)
+    read_M0 = mlp_memory(M0["W1"], M0["W2"], q[:, :, None, -1:])[:, :, 0]
+    torch.testing.assert_close(o[:, :, -1:], read_M0, rtol=0, atol=1e-12)
 
 
 def test_without_dgd_the_update_is_titans_eq13_14():
