@@ -211,6 +211,48 @@ class HopeBlock(GradientCheckpointingLayer):
         leaves, out_spec = tree_flatten((new_state, level_inputs))
         return (hidden if mask is None else hidden * mask[..., None], out_spec, *leaves)
 
+    # The block's CMS updates between its forward calls. Like `init_state`, they read the block's parameters, so
+    # sharded training registers them as FSDP forward methods (they gather the block's shard); they return new level
+    # states instead of changing their arguments (FSDP rebuilds the argument containers).
+
+    def cms_accumulate(self, cms_state, level_inputs, u, active, reference=False):
+        """Add sum_t grad_theta <MLP_theta(x_t), u_t> of the given positions to each active level's pending sum
+        (NeurIPS Eq. 31's f for the positions whose teach signal `u` is known). Returns the new level states."""
+        grad_fn = cms_grad_reference if reference else cms_grad
+        out = []
+        for lvl, lv, xin, on in zip(self.cms, cms_state, level_inputs, active):
+            lv = dict(lv)
+            if on:
+                g = grad_fn(lv.get("theta", lvl.theta0()), xin, u)
+                lv["grad"] = g if "grad" not in lv else tuple(a + b for a, b in zip(lv["grad"], g))
+            out.append(lv)
+        return out
+
+    def cms_commit(self, cms_state, chunk_sizes, token_count, real, static_count=None):
+        """NeurIPS Eq. 31: level l steps theta <- theta - eta_l g_l * sum(chunk) when the token count hits C_l (the
+        level's output is g_l MLP_theta, so the gradient of <g_l MLP_theta(x_t), u_t> is g_l times the pending sum).
+        `static_count`: every sample's count as a Python int, when known (no data-dependent branch). Returns the new
+        level states."""
+        out = []
+        for C_l, lvl, lv in zip(chunk_sizes, self.cms, cms_state):
+            lv = dict(lv)
+            out.append(lv)
+            if "grad" not in lv or static_count is not None and not (static_count > 0 and static_count % C_l == 0):
+                continue
+            do = real & (token_count > 0) & (token_count % C_l == 0)
+            if static_count is None and not bool(do.any()):
+                continue
+            theta = lv.get("theta")
+            if theta is None:                                  # materialise lazily at the first commit
+                B = do.shape[0]
+                theta = tuple(w.unsqueeze(0).expand(B, *w.shape) for w in lvl.theta0())
+            lr = F.softplus(lvl.lr_logit) * lvl.out_scale
+            sel = do[:, None, None]
+            lv["theta"] = tuple(torch.where(sel, w - lr * g, w) for w, g in zip(theta, lv["grad"]))
+            lv["grad"] = tuple(torch.where(sel, torch.zeros_like(g), g) for g in lv["grad"])
+            lv["commits"] = lv["commits"] + do.long()
+        return out
+
 
 # transformers >= 5.24 names the cache of outputs and inputs `cache` (5.23: `past_key_values`)
 CACHE_FIELD = "cache" if "cache" in {f.name for f in fields(CausalLMOutputWithPast)} else "past_key_values"
@@ -615,35 +657,14 @@ class HopeModel(HopePreTrainedModel):
                 lv["x_pend"] = torch.where(has, self._pick_last(m, xin), lv["x_pend"])
 
     def _accumulate(self, lstates, level_inputs, u, reference, active, layers=None):
-        """Add sum_t grad_theta <MLP_theta(x_t), u_t> of the given positions to each active level's pending sum."""
-        grad_fn = cms_grad_reference if reference else cms_grad
+        """`HopeBlock.cms_accumulate` for every layer (or the given ones) with its level inputs."""
         for layer, st, xins in zip(layers or self.layers, lstates, level_inputs):
-            for lvl, lv, xin, on in zip(layer.cms, st["cms"], xins, active):
-                if not on:
-                    continue
-                g = grad_fn(lv.get("theta", lvl.theta0()), xin, u)
-                lv["grad"] = g if "grad" not in lv else tuple(a + b for a, b in zip(lv["grad"], g))
+            st["cms"] = layer.cms_accumulate(st["cms"], xins, u, active, reference)
 
     def _commit(self, lstates, token_count, real, static_count=None, layers=None):
-        """NeurIPS Eq. 31: level l steps theta <- theta - eta_l g_l * sum(chunk) when the token count hits C_l (the
-        level's output is g_l MLP_theta, so the gradient of <g_l MLP_theta(x_t), u_t> is g_l times the pending sum).
-        `static_count`: every sample's count as a Python int, when known (no data-dependent branch)."""
+        """`HopeBlock.cms_commit` for every layer (or the given ones)."""
         for layer, st in zip(layers or self.layers, lstates):
-            for C_l, lvl, lv in zip(self.config.cms_chunk_sizes, layer.cms, st["cms"]):
-                if "grad" not in lv or static_count is not None and not (static_count > 0 and static_count % C_l == 0):
-                    continue
-                do = real & (token_count > 0) & (token_count % C_l == 0)
-                if static_count is None and not bool(do.any()):
-                    continue
-                theta = lv.get("theta")
-                if theta is None:                                  # materialise lazily at the first commit
-                    B = do.shape[0]
-                    theta = tuple(w.unsqueeze(0).expand(B, *w.shape) for w in lvl.theta0())
-                lr = F.softplus(lvl.lr_logit) * lvl.out_scale
-                sel = do[:, None, None]
-                lv["theta"] = tuple(torch.where(sel, w - lr * g, w) for w, g in zip(theta, lv["grad"]))
-                lv["grad"] = tuple(torch.where(sel, torch.zeros_like(g), g) for g in lv["grad"])
-                lv["commits"] = lv["commits"] + do.long()
+            st["cms"] = layer.cms_commit(st["cms"], self.config.cms_chunk_sizes, token_count, real, static_count)
 
 
 class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
