@@ -189,6 +189,7 @@ class HopeBlock(GradientCheckpointingLayer):
         self.layer_idx = layer_idx
         self.memory = HopeSelfModifyingMemory(config)
         self.cms = nn.ModuleList(HopeCMSLevel(config) for _ in config.cms_chunk_sizes)
+        self.cms_chunk_sizes = tuple(config.cms_chunk_sizes)
 
     def init_state(self, batch_size, device, dtype):
         state = self.memory.init_state(batch_size, device, dtype)
@@ -196,28 +197,41 @@ class HopeBlock(GradientCheckpointingLayer):
                          "commits": torch.zeros(batch_size, dtype=torch.long, device=device)} for lvl in self.cms]
         return state
 
-    def forward(self, hidden, mask, *state_leaves, state_spec, offset, reference=False, write=True):
-        """Flat tensor arguments and results, so that activation checkpointing (reentrant too) sees every input and
-        output of the layer: `state_leaves`/`state_spec` are the flattened layer state (`tree_flatten`). Returns
-        (hidden, out_spec, *leaves) with leaves/out_spec the flattened (new_state, CMS level inputs)."""
-        layer_state = tree_unflatten(list(state_leaves), state_spec)
+    def forward(self, hidden, mask, *leaves, spec, offset, reference=False, write=True, active=(), static_count=None):
+        """One span through the block, after the CMS updates its previous spans left due (NeurIPS Eq. 31).
+
+        Flat tensor arguments and results, so that activation checkpointing (reentrant too) sees, and recomputes,
+        everything the block does: `leaves`/`spec` flatten (layer state, teach, commit). `teach` = (level inputs,
+        u) of the earlier positions whose teach signal is now known, or None: their gradient sums are added first
+        (`cms_accumulate`, for the `active` levels); `commit` = (token count, real) at a span start on the CMS grid,
+        or None: the levels whose chunk ends there step (`_commit_levels`). Returns (hidden, out_spec, *out_leaves),
+        out_leaves/out_spec the flattened (new_state, CMS level inputs of this span)."""
+        layer_state, teach, commit = tree_unflatten(list(leaves), spec)
+        cms = layer_state["cms"]
+        if teach is not None:
+            cms = self._accumulate_levels(cms, *teach, active, reference)
+        if commit is not None:
+            cms = self._commit_levels(cms, *commit, static_count)
         out, new_state = self.memory(hidden, layer_state, mask, offset, reference, write)
         hidden = hidden + out
         level_inputs = []
-        for lvl, lstate in zip(self.cms, layer_state["cms"]):
+        for lvl, lstate in zip(self.cms, cms):
             hidden, xin = lvl(hidden, lstate.get("theta", lvl.theta0()))
             level_inputs.append(xin)
-        new_state["cms"] = layer_state["cms"]
-        leaves, out_spec = tree_flatten((new_state, level_inputs))
-        return (hidden if mask is None else hidden * mask[..., None], out_spec, *leaves)
-
-    # The block's CMS updates between its forward calls. Like `init_state`, they read the block's parameters, so
-    # sharded training registers them as FSDP forward methods (they gather the block's shard); they return new level
-    # states instead of changing their arguments (FSDP rebuilds the argument containers).
+        new_state["cms"] = cms
+        out_leaves, out_spec = tree_flatten((new_state, level_inputs))
+        return (hidden if mask is None else hidden * mask[..., None], out_spec, *out_leaves)
 
     def cms_accumulate(self, cms_state, level_inputs, u, active, reference=False):
+        """`_accumulate_levels` outside `forward` (what a call leaves due when its state outlives it). It reads the
+        block's parameters, so sharded training registers it, like `init_state`, as an FSDP forward method."""
+        return self._accumulate_levels(cms_state, level_inputs, u, active, reference)
+
+    # Both return new level states instead of changing their arguments (FSDP rebuilds the argument containers).
+
+    def _accumulate_levels(self, cms_state, level_inputs, u, active, reference=False):
         """Add sum_t grad_theta <MLP_theta(x_t), u_t> of the given positions to each active level's pending sum
-        (NeurIPS Eq. 31's f for the positions whose teach signal `u` is known). Returns the new level states."""
+        (NeurIPS Eq. 31's f for the positions whose teach signal `u` is known)."""
         grad_fn = cms_grad_reference if reference else cms_grad
         out = []
         for lvl, lv, xin, on in zip(self.cms, cms_state, level_inputs, active):
@@ -228,13 +242,12 @@ class HopeBlock(GradientCheckpointingLayer):
             out.append(lv)
         return out
 
-    def cms_commit(self, cms_state, chunk_sizes, token_count, real, static_count=None):
+    def _commit_levels(self, cms_state, token_count, real, static_count=None):
         """NeurIPS Eq. 31: level l steps theta <- theta - eta_l g_l * sum(chunk) when the token count hits C_l (the
         level's output is g_l MLP_theta, so the gradient of <g_l MLP_theta(x_t), u_t> is g_l times the pending sum).
-        `static_count`: every sample's count as a Python int, when known (no data-dependent branch). Returns the new
-        level states."""
+        `static_count`: every sample's count as a Python int, when known (no data-dependent branch)."""
         out = []
-        for C_l, lvl, lv in zip(chunk_sizes, self.cms, cms_state):
+        for C_l, lvl, lv in zip(self.cms_chunk_sizes, self.cms, cms_state):
             lv = dict(lv)
             out.append(lv)
             if "grad" not in lv or static_count is not None and not (static_count > 0 and static_count % C_l == 0):
@@ -550,6 +563,9 @@ class HopeModel(HopePreTrainedModel):
         layer_states = [{**st, "cms": [dict(lv) for lv in st["cms"]]} for st in lstates] if replay else None
         teach = [] if replay else None
         spans_h, spans_logits = [], []
+        commit_at = lambda f0: ((count + (f0 - s), fmask[:, f0]) if has_cms and write and (o + f0) % c.span_size == 0  # noqa
+                                else None)
+        due = None                          # (level inputs per layer, u) of the last span, learnt in the next one
         with torch.set_grad_enabled(torch.is_grad_enabled() and not replay):
             for f0, f1 in (spans if has_cms and write or not replay else []):
                 m = fmask[:, f0:f1]
@@ -563,15 +579,13 @@ class HopeModel(HopePreTrainedModel):
                             mstate["h_pend"], self.norm.weight, c.rms_norm_eps, W_out,
                             tgt[:, f0:f1].gather(1, first[:, None, None].expand(B, 1, c.hidden_size))[:, 0])
                         u_pend = u_pend * (res & tmask[:, f0:f1].gather(1, first[:, None])[:, 0])[:, None]
-                        self._accumulate(lstates, [[lv["x_pend"][:, None] for lv in st["cms"]] for st in lstates],
-                                         u_pend[:, None], reference, active)
                         mstate["pend_valid"] = mstate["pend_valid"] & ~res
-                    if (o + f0) % c.span_size == 0:
-                        self._commit(lstates, count + (f0 - s), fmask[:, f0], f0 if static else None)
                 h = frame[:, f0:f1]
                 level_inputs = []
                 for i, layer in enumerate(self.layers):
-                    h, lstates[i], xins = self._run_layer(layer, h, lm(m), lstates[i], o + f0, reference, write)
+                    teach_in = self._teach(None if due is None else (due[0][i], due[1]), lstates[i], u_pend)
+                    h, lstates[i], xins = self._run_layer(layer, h, lm(m), lstates[i], o + f0, reference, write,
+                                                          teach_in, commit_at(f0), active, f0 if static else None)
                     level_inputs.append(xins)
                 spans_h.append(h)
                 if has_cms and (write or want_logits):
@@ -584,32 +598,32 @@ class HopeModel(HopePreTrainedModel):
                     u = teach_signal(h[:, :-1], self.norm.weight, c.rms_norm_eps, W_out, tgt[:, f0 + 1:f1],
                                      logits[:, :-1]) * both[..., None]
                     u = F.pad(u, (0, 0, 0, 1))
-                    self._accumulate(lstates, level_inputs, u, reference, active)
+                    due = (level_inputs, u)
                     if replay:
                         teach.append((u_pend, u))
                     mstate["h_pend"] = torch.where(has[:, None], self._pick_last(m, h), mstate["h_pend"])
                     mstate["pend_valid"] = mstate["pend_valid"] | has
                     self._set_pending(lstates, level_inputs, m)
+            if due is not None and cache is not None and not replay:       # the state outlives the call
+                for i, layer in enumerate(self.layers):
+                    lstates[i]["cms"] = layer.cms_accumulate(lstates[i]["cms"], due[0][i], due[1], active, reference)
 
         all_hidden = None
         if replay:                                        # layer-major: layer l reads to_frame(hidden_states[l])
             all_hidden = [inputs_embeds]
             for i, layer in enumerate(self.layers):
-                st, lst, pieces, h_in = layer_states[i], [layer_states[i]], [], to_frame(all_hidden[-1])
+                st, pieces, h_in, due = layer_states[i], [], to_frame(all_hidden[-1]), None
                 for k, (f0, f1) in enumerate(spans):
                     m = fmask[:, f0:f1]
-                    if has_cms and write:
-                        if teach[k][0] is not None:
-                            self._accumulate(lst, [[lv["x_pend"][:, None] for lv in st["cms"]]], teach[k][0][:, None],
-                                             reference, active, [layer])
-                        if (o + f0) % c.span_size == 0:
-                            self._commit(lst, count + (f0 - s), fmask[:, f0], f0 if static else None, [layer])
-                    h, st, xins = self._run_layer(layer, h_in[:, f0:f1], lm(m), st, o + f0, reference, write)
-                    lst = [st]
+                    teach_in = self._teach(due, st, teach[k][0]) if has_cms and write else None
+                    h, st, xins = self._run_layer(layer, h_in[:, f0:f1], lm(m), st, o + f0, reference, write,
+                                                  teach_in, commit_at(f0), active, f0 if static else None)
                     pieces.append(h)
                     if has_cms and write:
-                        self._accumulate(lst, [xins], teach[k][1], reference, active, [layer])
-                        self._set_pending(lst, [xins], m)
+                        due = (xins, teach[k][1])
+                        self._set_pending([st], [xins], m)
+                if due is not None and cache is not None:
+                    st["cms"] = layer.cms_accumulate(st["cms"], *due, active, reference)
                 lstates[i] = st
                 all_hidden.append(gather_back(pieces))
             hidden = all_hidden[-1]
@@ -632,16 +646,30 @@ class HopeModel(HopePreTrainedModel):
         return HopeModelOutput(last_hidden_state=hidden, hidden_states=all_hidden, logits=logits,
                                **{CACHE_FIELD: cache})
 
-    def _run_layer(self, layer, h, m, state, offset, reference, write):
-        """One block on one span with its state flattened to tensors (see `HopeBlock.forward`). The block gets only
+    def _run_layer(self, layer, h, m, state, offset, reference, write, teach=None, commit=None, active=(),
+                   static_count=None):
+        """One block on one span with its inputs flattened to tensors (see `HopeBlock.forward`). The block gets only
         the phase of `offset` on the memories' chunk grid (the projection chunk size divides the memory chunk size), the
-        one thing it reads from it: every span of a training batch then makes the same call (one compiled graph)."""
-        leaves, spec = tree_flatten(state)
+        one thing it reads from it."""
+        leaves, spec = tree_flatten((state, teach, commit))
         phase = offset % self.config.memory_chunk_size
-        h, out_spec, *out_leaves = layer(h, m, *leaves, state_spec=spec, offset=phase, reference=reference,
-                                         write=write)
+        h, out_spec, *out_leaves = layer(h, m, *leaves, spec=spec, offset=phase, reference=reference, write=write,
+                                         active=tuple(active), static_count=static_count)
         new_state, xins = tree_unflatten(out_leaves, out_spec)
         return h, new_state, xins
+
+    @staticmethod
+    def _teach(due, layer_state, u_pend):
+        """What a layer's CMS levels learn as a span starts (`HopeBlock.forward`'s teach): the last span's positions
+        `due` = (level inputs, u), and each sample's pending last position (x_pend, u_pend), both optional; in one
+        (level inputs, u) pair along time, or None."""
+        pieces = [] if due is None else [due]
+        if u_pend is not None:
+            pieces.append(([lv["x_pend"][:, None] for lv in layer_state["cms"]], u_pend[:, None]))
+        if len(pieces) < 2:
+            return pieces[0] if pieces else None
+        (x1, u1), (x2, u2) = pieces
+        return [torch.cat(pair, 1) for pair in zip(x1, x2)], torch.cat((u1, u2), 1)
 
     @staticmethod
     def _pick_last(m, t):
@@ -655,17 +683,6 @@ class HopeModel(HopePreTrainedModel):
         for st, xins in zip(lstates, level_inputs):
             for lv, xin in zip(st["cms"], xins):
                 lv["x_pend"] = torch.where(has, self._pick_last(m, xin), lv["x_pend"])
-
-    def _accumulate(self, lstates, level_inputs, u, reference, active, layers=None):
-        """`HopeBlock.cms_accumulate` for every layer (or the given ones) with its level inputs."""
-        for layer, st, xins in zip(layers or self.layers, lstates, level_inputs):
-            st["cms"] = layer.cms_accumulate(st["cms"], xins, u, active, reference)
-
-    def _commit(self, lstates, token_count, real, static_count=None, layers=None):
-        """`HopeBlock.cms_commit` for every layer (or the given ones)."""
-        for layer, st in zip(layers or self.layers, lstates):
-            st["cms"] = layer.cms_commit(st["cms"], self.config.cms_chunk_sizes, token_count, real, static_count)
-
 
 class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
