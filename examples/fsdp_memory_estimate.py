@@ -4,7 +4,9 @@
 
 Static memory: fp32 parameters, gradients and AdamW moments (16 bytes per parameter). DDP keeps all of it on every
 GPU; `hope-hf train --fsdp` keeps 1/N of it per GPU and, while a step runs, the gathered bf16 parameters and their
-unsharded bf16 gradients (4 bytes per parameter; the whole model is one FSDP unit). Fast state, per training
+unsharded bf16 gradients (4 bytes per parameter): of the whole model with `--fsdp-units model` (one FSDP unit), of
+the root unit (embeddings, tied head, final norm) and at most two `HopeBlock`s (the one running and the one being
+gathered next) with `--fsdp-units block`. Fast state, per training
 sequence, bf16: the Titans memories (with the projection-memory bank), the conv tail, and per CMS level its
 theta = (gate, up, down) and the gradient sum of the current chunk. Backward keeps, roughly, one memory state per
 `memory_chunk_size` tokens and one theta plus one gradient sum per CMS commit (T / C_l commits of level l); this
@@ -33,7 +35,8 @@ def sizes(preset: str) -> dict:
     state = model.model.layers[0].init_state(1, "meta", torch.bfloat16)
     state.pop("cms")
     conv = state.pop("conv").numel()
-    return {"config": config, "params": sum(p.numel() for p in model.parameters()), "conv": conv,
+    block = sum(p.numel() for p in model.model.layers[0].parameters())
+    return {"config": config, "params": sum(p.numel() for p in model.parameters()), "block": block, "conv": conv,
             "memory": sum(t.numel() for t in tree_leaves(state)),
             "theta": 3 * config.cms_intermediate_size * config.hidden_size}
 
@@ -46,8 +49,10 @@ def estimate(preset: str, gpus: int, tokens: int) -> dict:
     one = c.num_hidden_layers * (s["memory"] + s["conv"] + len(levels) * 2 * s["theta"]) * BF16
     kept = c.num_hidden_layers * (tokens // c.memory_chunk_size * s["memory"]
                                   + sum(tokens // C * 2 * s["theta"] for C in levels)) * BF16
+    gathered_blocks = P - (c.num_hidden_layers - 2) * s["block"]               # root + two blocks
     return {"preset": preset, "params_m": P / 1e6, "tokens": tokens, "ddp": 16 * P / GiB,
-            "fsdp": (16 * P / gpus + 4 * P) / GiB, "state": one / GiB, "kept": kept / GiB}
+            "fsdp": (16 * P / gpus + 4 * P) / GiB, "fsdp_block": (16 * P / gpus + 4 * gathered_blocks) / GiB,
+            "state": one / GiB, "kept": kept / GiB}
 
 
 def main(argv=None):
@@ -56,13 +61,13 @@ def main(argv=None):
     p.add_argument("--presets", nargs="+", default=["340m", "1.3b"])
     p.add_argument("--tokens", type=int, nargs="+", default=[2048, 8192])
     args = p.parse_args(argv)
-    print(f"| preset (params) | tokens/seq | static, DDP | static, FSDP x{args.gpus} | fast state, 1 copy/seq | "
-          f"kept for backward/seq |\n|---|---|---|---|---|---|")
+    print(f"| preset (params) | tokens/seq | static, DDP | static, FSDP x{args.gpus} (model / block units) | "
+          f"fast state, 1 copy/seq | kept for backward/seq |\n|---|---|---|---|---|---|")
     for preset in args.presets:
         for T in args.tokens:
             e = estimate(preset, args.gpus, T)
-            print(f"| {preset} ({e['params_m']:.0f}M) | {T} | {e['ddp']:.1f} GiB | {e['fsdp']:.1f} GiB | "
-                  f"{e['state']:.2f} GiB | ~{e['kept']:.0f} GiB |")
+            print(f"| {preset} ({e['params_m']:.0f}M) | {T} | {e['ddp']:.1f} GiB | "
+                  f"{e['fsdp']:.1f} / {e['fsdp_block']:.1f} GiB | {e['state']:.2f} GiB | ~{e['kept']:.0f} GiB |")
 
 
 if __name__ == "__main__":

@@ -188,6 +188,9 @@ def train_parser() -> argparse.ArgumentParser:
     a("--fsdp", action="store_true",
       help="shard parameters, gradients and optimizer state over the processes (Accelerate FSDP2; needs "
            "`accelerate launch` and AdamW; see README 'Training on many GPUs')")
+    a("--fsdp-units", choices=["model", "block"], default="model",
+      help="with --fsdp, the FSDP units: 'model' gathers the whole model once per forward and backward (fastest); "
+           "'block' gathers one HopeBlock at a time, for every span (least memory, more communication)")
     a("--compile", action="store_true",
       help="torch.compile the training forward + backward (the first step compiles; evaluation stays eager)")
     a("--seed", type=int, default=0, help="seed of the model init, data order and BPE")

@@ -114,10 +114,22 @@ def test_fsdp_two_processes_match_one_process_resume_exactly_and_final_loads(dat
     assert sorted(after) == list(range(3, STEPS + 1))
     assert [after[s] for s in after] == [two[s] for s in after]  # bit-identical continuation
 
+    # one FSDP unit per HopeBlock: the same losses, and the sharded checkpoint of the one-unit run resumes there
+    blocks = tmp_path / "blocks"
+    proc = launch_fsdp(tmp_path, *sharded_opts, "--fsdp-units", "block", "--output-dir", blocks)
+    assert "sharded with FSDP2, one unit per HopeBlock" in proc.stdout
+    per_block = losses(blocks)
+    assert all(abs(one[s] - per_block[s]) < 1e-5 for s in one), (one, per_block)
+    relaid = tmp_path / "relaid"
+    launch_fsdp(tmp_path, *sharded_opts, "--fsdp-units", "block", "--output-dir", relaid, "--resume-from-checkpoint",
+                ckpt)
+    assert all(abs(v - two[s]) < 1e-5 for s, v in losses(relaid).items()), (losses(relaid), two)
+
     ids = torch.randint(3, 300, (2, 96), generator=torch.Generator().manual_seed(0))
     gathered = logits(sharded / "final", ids)
     assert torch.equal(gathered, logits(resumed / "final", ids))
     torch.testing.assert_close(gathered, logits(ref / "final", ids), atol=1e-4, rtol=0)
+    torch.testing.assert_close(logits(blocks / "final", ids), logits(ref / "final", ids), atol=1e-4, rtol=0)
 
 
 def test_fsdp_unsupported_combinations_fail_before_anything_is_written(tmp_path, monkeypatch, capsys):
@@ -132,6 +144,8 @@ def test_fsdp_unsupported_combinations_fail_before_anything_is_written(tmp_path,
     for extra, message in cases:
         with pytest.raises(ValueError, match=message):
             train.main(["--fsdp", *extra, "--output-dir", str(out)])
+    with pytest.raises(ValueError, match="--fsdp-units chooses how --fsdp shards: pass --fsdp as well"):
+        train.main(["--fsdp-units", "block", "--output-dir", str(out)])
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # an FSDP launch config without --fsdp
     with pytest.raises(ValueError, match="pass --fsdp to hope-hf train as well"):
         train.main(["--output-dir", str(out)])
