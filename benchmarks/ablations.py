@@ -183,6 +183,9 @@ def markdown(results: dict) -> str:
                     f"{r['median_step_s']:.3f} |")
     if many:
         rows.insert(0, f"Mean over seeds {', '.join(map(str, seeds))} (min-max over the seeds).\n")
+    st = results["setup"]
+    rows.insert(0, f"Training: {st['steps']} steps of {st['batch_size']} x {st['seq_len_tokens']} tokens, "
+                   f"lr {st['lr']}.\n")
     return "\n".join(rows)
 
 

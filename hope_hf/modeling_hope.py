@@ -203,7 +203,7 @@ class HopeBlock(GradientCheckpointingLayer):
         Flat tensor arguments and results, so that activation checkpointing (reentrant too) sees, and recomputes,
         everything the block does: `leaves`/`spec` flatten (layer state, teach, commit). `teach` = (level inputs,
         u) of the earlier positions whose teach signal is now known, or None: their gradient sums are added first
-        (`cms_accumulate`, for the `active` levels); `commit` = (token count, real) at a span start on the CMS grid,
+        (`_accumulate_levels`, for the `active` levels); `commit` = (token count, real) at a span start on the CMS grid,
         or None: the levels whose chunk ends there step (`_commit_levels`). Returns (hidden, out_spec, *out_leaves),
         out_leaves/out_spec the flattened (new_state, CMS level inputs of this span)."""
         layer_state, teach, commit = tree_unflatten(list(leaves), spec)
@@ -563,8 +563,8 @@ class HopeModel(HopePreTrainedModel):
         layer_states = [{**st, "cms": [dict(lv) for lv in st["cms"]]} for st in lstates] if replay else None
         teach = [] if replay else None
         spans_h, spans_logits = [], []
-        commit_at = lambda f0: ((count + (f0 - s), fmask[:, f0]) if has_cms and write and (o + f0) % c.span_size == 0  # noqa
-                                else None)
+        on_grid = lambda f0: has_cms and write and (o + f0) % c.span_size == 0                    # noqa: E731
+        commit_at = lambda f0: (count + (f0 - s), fmask[:, f0]) if on_grid(f0) else None          # noqa: E731
         due = None                          # (level inputs per layer, u) of the last span, learnt in the next one
         with torch.set_grad_enabled(torch.is_grad_enabled() and not replay):
             for f0, f1 in (spans if has_cms and write or not replay else []):
