@@ -254,6 +254,27 @@ def train_throughput(model, seq_len: int, batch_size: int, iters: int, budget_s:
     return row
 
 
+def compiled_throughput(build, seq_len: int, batch_size: int, iters: int, budget_s: float, device="cpu") -> dict:
+    """`train_throughput` of `build()` with its memories compiled (`compile_memories`, what `hope-hf train --compile`
+    does); the first call, which compiles (or loads torch's compile cache), is timed separately as `first_call_s`."""
+    torch.manual_seed(0)
+    model = build().to(device).compile_memories()
+    loss = next_token_loss(model, seq_len, batch_size, device)
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        loss().backward()
+
+    start = time.perf_counter()
+    step()
+    _sync(device)
+    first = time.perf_counter() - start
+    times = time_iters(step, iters, budget_s, warmup=False, device=device)
+    med = statistics.median(times)
+    return {"seq_len_tokens": seq_len, "batch_size": batch_size, "first_call_s": first, "timed_iters": len(times),
+            "times_s": times, "median_s": med, "tokens_per_s": batch_size * seq_len / med}
+
+
 def memory_impl_speedup(seq_len: int, iters: int, budget_s: float, limit_s: float = REFERENCE_LIMIT_S) -> dict:
     """Hope tiny forward-only time, chunk-parallel ("fast") vs token-by-token ("reference") memories.
 
@@ -368,6 +389,17 @@ def markdown(results: dict) -> str:
                             if "hope_ckpt_over_llama_saved_activations" in r else " - |")
                          + (f" {c['peak_rss_above_start_bytes'] / MIB:,.0f} |"
                             if c.get("peak_rss_above_start_bytes") is not None else " - |"))
+    comp = [r for r in results["throughput"] if "hope_compiled" in r]
+    if comp:
+        lines += ["\nHope with compiled memories (`hope-hf train --compile`: `compile_memories`, regional "
+                  "torch.compile; the first call compiles, or loads torch's compile cache):\n",
+                  "| preset | tokens | Hope compiled tok/s | compiled / eager Hope | compiled / Llama | first call s |",
+                  "|---|---|---|---|---|---|"]
+        for r in comp:
+            c = r["hope_compiled"]
+            lines.append(f"| {r['preset']} | {r['seq_len_tokens']} | {c['tokens_per_s']:,.0f} "
+                         f"| {c['tokens_per_s'] / r['hope']['tokens_per_s']:.2f}x "
+                         f"| {r['hope_compiled_over_llama_tokens_per_s']:.3f}x | {c['first_call_s']:.0f} |")
     t = results["targets"]
     lines.append(f"\nMeasured dense-matmul peak: {peak['flops_per_s'] / 1e9:,.1f} GFLOP/s ({peak['dtype']}, "
                  f"{peak['n']}x{peak['n']}). Targets: Hope / Llama >= {t['hope_over_llama_tokens_per_s_at_2048']} at "
@@ -400,14 +432,15 @@ def markdown(results: dict) -> str:
 
 def run(presets=("tiny", "small"), lengths=(512, 2048, 8192), ref_len=1024, iters=3, budget_s=60.0, batch_size=1,
         out="benchmarks/results", quick=False, device="cpu", autocast_dtype=None, name="speed",
-        reference=True, skip=None, aten_max_len=512, contention=False) -> dict:
+        reference=True, skip=None, aten_max_len=512, contention=False, compiled=True) -> dict:
     """Run every case, write `<out>/<name>.json` and `<out>/<name>.png`, return the results.
 
     Each model's FLOPs are counted in the untimed warm-up call at every length; `peak` is a dense matmul measured
     in the same run, in the dtype the models compute in (float32, or `autocast_dtype`). aten calls per token
     (`aten_calls`) are counted at lengths <= `aten_max_len` (the profiler keeps every event in memory). On CPU,
     `train_memory` (saved activations and peak RSS, in a fresh process) per case. `contention`: every case runs next to
-    one busy background process (`busy_process`)."""
+    one busy background process (`busy_process`). `compiled`: Hope is also measured with compiled memories
+    (`compiled_throughput`)."""
     bench = Run()
     peak = matmul_peak_flops(device, autocast_dtype or torch.float32)
     skip = SKIP if skip is None and torch.device(device).type == "cpu" else (skip or {})
@@ -442,8 +475,11 @@ def run(presets=("tiny", "small"), lengths=(512, 2048, 8192), ref_len=1024, iter
                                 "num_hidden_layers": cfg.num_hidden_layers, "vocab_size": cfg.vocab_size,
                                 "tie_word_embeddings": cfg.tie_word_embeddings,
                                 **({"intermediate_size": cfg.intermediate_size} if key == "llama" else {}), **r}
+                if compiled:
+                    row["hope_compiled"] = compiled_throughput(builders["hope"], seq_len, batch_size, iters, budget_s,
+                                                               device)
                 row["param_ratio_llama_over_hope"] = row["llama"]["params"] / row["hope"]["params"]
-                for key in ("hope", "hope_ckpt"):
+                for key in ("hope", "hope_ckpt", "hope_compiled")[:3 if compiled else 2]:
                     row[f"{key}_over_llama_tokens_per_s"] = row[key]["tokens_per_s"] / row["llama"]["tokens_per_s"]
                     if row[key].get("saved_activations_bytes") and row["llama"].get("saved_activations_bytes"):
                         row[f"{key}_over_llama_saved_activations"] = (row[key]["saved_activations_bytes"]
@@ -480,6 +516,7 @@ def main(argv=None):
     parser.add_argument("--name", default="speed", help="result file name")
     parser.add_argument("--no-reference", action="store_true", help="skip the fast-vs-reference comparison")
     parser.add_argument("--threads", type=int, help="torch threads (default: BENCH_THREADS, else cores - 1)")
+    parser.add_argument("--no-compile", action="store_true", help="skip Hope with compiled memories")
     parser.add_argument("--contention", action="store_true",
                         help="run every case next to one busy background process (default name speed_contention)")
     args = parser.parse_args(argv)
@@ -492,7 +529,7 @@ def main(argv=None):
     name = "speed_contention" if args.contention and args.name == "speed" else args.name
     results = run(out=args.out, batch_size=args.batch_size, device=args.device, name=name,
                   autocast_dtype=torch.bfloat16 if args.bf16 else None, reference=not args.no_reference,
-                  contention=args.contention, **kw)
+                  contention=args.contention, compiled=not args.no_compile, **kw)
     print(markdown(results))
     print(f"\nwall time {results['wall_time_s']:.0f} s; wrote {Path(args.out) / (name + '.json')}")
 

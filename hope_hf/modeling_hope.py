@@ -305,6 +305,16 @@ class HopePreTrainedModel(PreTrainedModel):
             card_writer(save_directory, self)
         return result
 
+    def compile_memories(self, **compile_kwargs):
+        """Regional compilation: `torch.compile` every block's self-modifying memory in place (the repeated region,
+        where most of the operators are) and return the model. All blocks and spans share a few graphs (a fresh state,
+        a carried one, a padded span, evaluation), so compiling takes the same time at any sequence length, unlike
+        `torch.compile(model)`, which unrolls every span; the span loop, CMS updates and LM head stay eager."""
+        for module in self.modules():
+            if isinstance(module, HopeSelfModifyingMemory):
+                module.compile(**compile_kwargs)
+        return self
+
     @torch.no_grad()
     def _init_weights(self, module):
         super()._init_weights(module)

@@ -86,9 +86,6 @@ def validate_args(args) -> None:
     if getattr(args, "compile", False) and getattr(args, "fsdp", False):
         raise ValueError("--compile is not supported with --fsdp yet: pass one of them")
     check_fsdp_args(args)
-    if getattr(args, "compile", False) and args.tbptt_segments > 1:
-        raise ValueError("--compile needs --tbptt-segments 1: a carried memory makes the model read its token counts "
-                         "(graph breaks)")
     check_writable_dir(args.output_dir)
 
 
@@ -337,6 +334,7 @@ def forward_backward(model, batch: torch.Tensor, segments: int, accelerator: Acc
 
 
 @torch.no_grad()
+@torch.compiler.set_stance("force_eager")     # `--compile` compiles for training only
 def evaluate(model, val: torch.Tensor, batch_size: int, accelerator: Accelerator) -> float:
     """Mean validation loss over all processes (each scores every world_size-th block)."""
     model = accelerator.unwrap_model(model)
@@ -532,6 +530,7 @@ def divergence(step: int, loss: float, grad_norm: float, args) -> str | None:
             f"step ({kept}, no final model). Try: {hint} (--learning-rate is {args.lr:g})")
 
 
+@torch.compiler.set_stance("force_eager")
 def sample(model, tok, prompt: str, n: int) -> str:
     enc = tok(prompt, return_tensors="pt", return_token_type_ids=False).to(model.device)
     out = model.generate(**enc, max_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id)
@@ -603,8 +602,8 @@ def run(args) -> Path:
         # FSDP2 warns when a unit returns a view (an in-place op on it would skip the pre-backward gather); a block's
         # `init_state` returns views of its initial states and the causal LM its logits, none changed in place
         warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
-    # the compiled module shares the parameters; evaluation, sampling and saving use the eager `model`
-    train_model = torch.compile(model) if args.compile else model
+    if args.compile:                    # regional: the memories, in place; evaluation and sampling run eagerly
+        accelerator.unwrap_model(model).compile_memories()
     accelerator.register_for_checkpointing(scheduler)  # stepped by us once per optimizer step
 
     step, tokens, elapsed = 0, 0, 0.0
@@ -648,7 +647,7 @@ def run(args) -> Path:
                     hashes = accelerator.gather(torch.tensor([batch_hash(batch)], device=accelerator.device))
                     log.write(step=step + 1, batch_hashes=hashes.tolist())
                 with accelerator.accumulate(model):
-                    loss += forward_backward(train_model, batch, args.tbptt_segments, accelerator) / args.grad_accum
+                    loss += forward_backward(model, batch, args.tbptt_segments, accelerator) / args.grad_accum
             loss = accelerator.reduce(loss, "mean").item()
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)  # before clipping
             if error := divergence(step + 1, loss, float(grad_norm), args):

@@ -35,6 +35,10 @@ def test_speed_benchmark_smallest_case(tmp_path):
     assert s["seq_len_tokens"] == 64 and s["fast_median_s"] > 0 and s["reference_median_s"] > 0 and s["speedup_x"] > 0
     assert data["wall_time_s"] > 0
     assert "| tiny | 64 |" in speed.markdown(results)
+    c = row["hope_compiled"]                                  # regional compile (`hope-hf train --compile`)
+    assert c["first_call_s"] > 0 and c["tokens_per_s"] == 64 / c["median_s"]
+    assert row["hope_compiled_over_llama_tokens_per_s"] == c["tokens_per_s"] / row["llama"]["tokens_per_s"]
+    assert "Hope with compiled memories" in speed.markdown(results)
     assert row["hope"]["aten_calls_per_token"] > row["llama"]["aten_calls_per_token"]
     assert row["hope_over_llama_saved_activations"] == (row["hope"]["saved_activations_bytes"]
                                                         / row["llama"]["saved_activations_bytes"])
@@ -104,7 +108,7 @@ def test_speed_benchmark_under_contention(tmp_path):
 
     before = children()
     results = speed.run(presets=("tiny",), lengths=(64,), iters=1, budget_s=1.0, out=tmp_path, reference=False,
-                        contention=True, name="speed_contention")
+                        contention=True, name="speed_contention", compiled=False)
     bg = results["settings"]["background_process"]
     assert bg["command"] == "python -c 'while True: pass'"
     assert bg["cpu_s"] > 0.3 * results["wall_time_s"]                      # the busy process really ran

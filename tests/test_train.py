@@ -169,9 +169,7 @@ def test_cli_dispatches_and_reports_bad_input_in_one_line(capsys):
     assert exit_info.value.code == 2 and "usage: hope-hf {train,generate}" in capsys.readouterr().err
 
 
-def test_compile_refuses_tbptt_segments(tmp_path):
-    with pytest.raises(ValueError, match="--compile needs --tbptt-segments 1"):
-        run_train("--compile", "--tbptt-segments", 2, "--output-dir", tmp_path / "out")
+def test_compile_refuses_fsdp(tmp_path):
     with pytest.raises(ValueError, match="--compile is not supported with --fsdp"):
         run_train("--compile", "--fsdp", "--output-dir", tmp_path / "out")
     assert not (tmp_path / "out").exists()
