@@ -83,6 +83,29 @@ def count_flops(fn) -> int:
     return int(counter.get_total_flops())
 
 
+def forward_flops(model, seq_len: int, batch_size: int = 1, device="cpu") -> dict:
+    """Where a Hope model's forward FLOPs go, per token (FlopCounterMode's module attribution of one training-mode forward):
+    the self-modifying memories (projections, k/v/q/eta/alpha memories, output memory, gate), the CMS levels' MLPs,
+    the rest of the blocks (the CMS gradient sums and commits of the in-context updates), and the rest of the model
+    (embedding, LM head and the teach signals)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.train()
+    ids = torch.randint(3, model.config.vocab_size, (batch_size, seq_len), device=device)
+    with FlopCounterMode(display=False) as counter:
+        model(input_ids=ids, labels=ids, use_cache=False)
+    per_module = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
+    total = per_module.get("Global", 0)
+    layers = [name for name in per_module if name.rsplit(".", 1)[0].endswith("model.layers")]
+    memory = sum(per_module.get(f"{name}.memory", 0) for name in layers)
+    cms = sum(v for name, v in per_module.items()
+              if name.rsplit(".", 1)[0].endswith(".cms") and name.rsplit(".", 1)[0].rsplit(".", 1)[0] in layers)
+    blocks = sum(per_module[name] for name in layers)
+    n = batch_size * seq_len
+    return {"total_per_token": total / n, "memory_per_token": memory / n, "cms_mlp_per_token": cms / n,
+            "cms_updates_per_token": (blocks - memory - cms) / n, "head_and_teach_per_token": (total - blocks) / n}
+
+
 def next_token_loss(model, seq_len: int, batch_size: int = 1, device="cpu"):
     """`model` in training mode and a function computing its next-token loss on one fixed batch of random ids."""
     model.train()
@@ -400,6 +423,18 @@ def markdown(results: dict) -> str:
             lines.append(f"| {r['preset']} | {r['seq_len_tokens']} | {c['tokens_per_s']:,.0f} "
                          f"| {c['tokens_per_s'] / r['hope']['tokens_per_s']:.2f}x "
                          f"| {r['hope_compiled_over_llama_tokens_per_s']:.3f}x | {c['first_call_s']:.0f} |")
+    split = [r for r in results["throughput"] if "forward_flops" in r["hope"] and "forward_flops" in r["llama"]]
+    if split:
+        lines += ["\nForward FLOPs per token (millions; FlopCounterMode, one training-mode forward): where Hope's go, "
+                  "and Llama's total:\n",
+                  "| preset | tokens | Hope total | memories | CMS MLPs | CMS in-context updates | LM head + teach "
+                  "signals | Llama total | Hope / Llama |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in split:
+            h, total_l = r["hope"]["forward_flops"], r["llama"]["forward_flops"]["total_per_token"]
+            parts = ("memory_per_token", "cms_mlp_per_token", "cms_updates_per_token", "head_and_teach_per_token")
+            lines.append(f"| {r['preset']} | {r['seq_len_tokens']} | {h['total_per_token'] / 1e6:.1f} | "
+                         + " | ".join(f"{h[k] / 1e6:.1f} ({h[k] / h['total_per_token']:.0%})" for k in parts)
+                         + f" | {total_l / 1e6:.1f} | {h['total_per_token'] / total_l:.2f}x |")
     t = results["targets"]
     lines.append(f"\nMeasured dense-matmul peak: {peak['flops_per_s'] / 1e9:,.1f} GFLOP/s ({peak['dtype']}, "
                  f"{peak['n']}x{peak['n']}). Targets: Hope / Llama >= {t['hope_over_llama_tokens_per_s_at_2048']} at "
@@ -467,6 +502,9 @@ def run(presets=("tiny", "small"), lengths=(512, 2048, 8192), ref_len=1024, iter
                     cfg = model.config
                     r = train_throughput(model, seq_len, batch_size, iters, budget_s, device, autocast_dtype)
                     r["fraction_of_matmul_peak"] = r["achieved_flops_per_s"] / peak["flops_per_s"]
+                    if key != "hope_ckpt":
+                        split = forward_flops(model, seq_len, batch_size, device)
+                        r["forward_flops"] = split if key == "hope" else {"total_per_token": split["total_per_token"]}
                     if seq_len <= aten_max_len and key != "hope_ckpt":
                         r.update(aten_calls(model, seq_len, batch_size, device))
                     if torch.device(device).type == "cpu":

@@ -35,6 +35,13 @@ def test_speed_benchmark_smallest_case(tmp_path):
     assert s["seq_len_tokens"] == 64 and s["fast_median_s"] > 0 and s["reference_median_s"] > 0 and s["speedup_x"] > 0
     assert data["wall_time_s"] > 0
     assert "| tiny | 64 |" in speed.markdown(results)
+    f = row["hope"]["forward_flops"]                          # where Hope's forward FLOPs go: the parts add up
+    parts = ("memory_per_token", "cms_mlp_per_token", "cms_updates_per_token", "head_and_teach_per_token")
+    assert f["cms_updates_per_token"] == 0         # 64 tokens: no CMS level commits inside the call, no sums taken
+    assert all(f[k] > 0 for k in parts if k != "cms_updates_per_token") and abs(sum(f[k] for k in parts) - f["total_per_token"]) < 1e-6 * f[
+        "total_per_token"]
+    assert 0 < row["llama"]["forward_flops"]["total_per_token"] < row["llama"]["flops_per_step"] / 64
+    assert "Forward FLOPs per token" in speed.markdown(results)
     c = row["hope_compiled"]                                  # regional compile (`hope-hf train --compile`)
     assert c["first_call_s"] > 0 and c["tokens_per_s"] == 64 / c["median_s"]
     assert row["hope_compiled_over_llama_tokens_per_s"] == c["tokens_per_s"] / row["llama"]["tokens_per_s"]
