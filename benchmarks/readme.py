@@ -130,13 +130,12 @@ def targets(results: Path = RESULTS) -> list[str]:
 
 def sections(results: Path = RESULTS) -> list[str]:
     lines = targets(results)
-    run = results / "run.json"
-    if run.exists():
-        d = json.loads(run.read_text())
-        lines += ["", f"Wall time of the last full run of each benchmark (`benchmarks/results/run.json`; they may come "
-                  f"from separate `python -m benchmarks.run --only ...` calls): "
-                  f"{d['sum_of_benchmark_wall_times_s'] / 60:.1f} min in all ("
-                  + ", ".join(f"{k} {v['wall_time_s'] / 60:.1f}" for k, v in d["benchmarks"].items()) + " min)."]
+    walls = {name: d["wall_time_s"] for name, *_ in SECTIONS
+             if (d := _load(results, name)) and "wall_time_s" in d}
+    if walls:
+        lines += ["", f"Wall time of the last full run of each benchmark (the `wall_time_s` of its JSON; they may come "
+                  f"from separate runs): {sum(walls.values()) / 60:.1f} min in all ("
+                  + ", ".join(f"{k} {v / 60:.1f}" for k, v in walls.items()) + " min)."]
     quick = results / "quick" / "run_quick.json"
     if quick.exists():
         d = json.loads(quick.read_text())

@@ -277,7 +277,8 @@ def train_throughput(model, seq_len: int, batch_size: int, iters: int, budget_s:
     return row
 
 
-def compiled_throughput(build, seq_len: int, batch_size: int, iters: int, budget_s: float, device="cpu") -> dict:
+def compiled_throughput(build, seq_len: int, batch_size: int, iters: int, budget_s: float, device="cpu",
+                        autocast_dtype=None) -> dict:
     """`train_throughput` of `build()` with its memories compiled (`compile_memories`, what `hope-hf train --compile`
     does); the first call, which compiles (or loads torch's compile cache), is timed separately as `first_call_s`."""
     torch.manual_seed(0)
@@ -286,7 +287,9 @@ def compiled_throughput(build, seq_len: int, batch_size: int, iters: int, budget
 
     def step():
         model.zero_grad(set_to_none=True)
-        loss().backward()
+        with torch.autocast(torch.device(device).type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            value = loss()
+        value.backward()
 
     start = time.perf_counter()
     step()
@@ -294,8 +297,11 @@ def compiled_throughput(build, seq_len: int, batch_size: int, iters: int, budget
     first = time.perf_counter() - start
     times = time_iters(step, iters, budget_s, warmup=False, device=device)
     med = statistics.median(times)
-    return {"seq_len_tokens": seq_len, "batch_size": batch_size, "first_call_s": first, "timed_iters": len(times),
-            "times_s": times, "median_s": med, "tokens_per_s": batch_size * seq_len / med}
+    row = {"seq_len_tokens": seq_len, "batch_size": batch_size, "first_call_s": first, "timed_iters": len(times),
+           "times_s": times, "median_s": med, "tokens_per_s": batch_size * seq_len / med}
+    if torch.device(device).type == "cuda":
+        row["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
+    return row
 
 
 def memory_impl_speedup(seq_len: int, iters: int, budget_s: float, limit_s: float = REFERENCE_LIMIT_S) -> dict:
@@ -416,13 +422,14 @@ def markdown(results: dict) -> str:
     if comp:
         lines += ["\nHope with compiled memories (`hope-hf train --compile`: `compile_memories`, regional "
                   "torch.compile; the first call compiles, or loads torch's compile cache):\n",
-                  "| preset | tokens | Hope compiled tok/s | compiled / eager Hope | compiled / Llama | first call s |",
-                  "|---|---|---|---|---|---|"]
+                  "| preset | tokens | Hope compiled tok/s | compiled / eager Hope | compiled / Llama | % of peak "
+                  "| first call s |", "|---|---|---|---|---|---|---|"]
         for r in comp:
             c = r["hope_compiled"]
             lines.append(f"| {r['preset']} | {r['seq_len_tokens']} | {c['tokens_per_s']:,.0f} "
                          f"| {c['tokens_per_s'] / r['hope']['tokens_per_s']:.2f}x "
-                         f"| {r['hope_compiled_over_llama_tokens_per_s']:.3f}x | {c['first_call_s']:.0f} |")
+                         f"| {r['hope_compiled_over_llama_tokens_per_s']:.3f}x | {c['fraction_of_matmul_peak']:.1%} "
+                         f"| {c['first_call_s']:.0f} |")
     split = [r for r in results["throughput"] if "forward_flops" in r["hope"] and "forward_flops" in r["llama"]]
     if split:
         lines += ["\nForward FLOPs per token (millions; FlopCounterMode, one training-mode forward): where Hope's go, "
@@ -514,8 +521,11 @@ def run(presets=("tiny", "small"), lengths=(512, 2048, 8192), ref_len=1024, iter
                                 "tie_word_embeddings": cfg.tie_word_embeddings,
                                 **({"intermediate_size": cfg.intermediate_size} if key == "llama" else {}), **r}
                 if compiled:
-                    row["hope_compiled"] = compiled_throughput(builders["hope"], seq_len, batch_size, iters, budget_s,
-                                                               device)
+                    c = compiled_throughput(builders["hope"], seq_len, batch_size, iters, budget_s, device,
+                                            autocast_dtype)
+                    c["achieved_flops_per_s"] = row["hope"]["flops_per_step"] / c["median_s"]   # eager's FLOPs
+                    c["fraction_of_matmul_peak"] = c["achieved_flops_per_s"] / peak["flops_per_s"]
+                    row["hope_compiled"] = c
                 row["param_ratio_llama_over_hope"] = row["llama"]["params"] / row["hope"]["params"]
                 for key in ("hope", "hope_ckpt", "hope_compiled")[:3 if compiled else 2]:
                     row[f"{key}_over_llama_tokens_per_s"] = row[key]["tokens_per_s"] / row["llama"]["tokens_per_s"]
