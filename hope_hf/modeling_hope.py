@@ -260,9 +260,12 @@ class HopeBlock(GradientCheckpointingLayer):
                 B = do.shape[0]
                 theta = tuple(w.unsqueeze(0).expand(B, *w.shape) for w in lvl.theta0())
             lr = F.softplus(lvl.lr_logit) * lvl.out_scale
-            sel = do[:, None, None]
-            lv["theta"] = tuple(torch.where(sel, w - lr * g, w) for w, g in zip(theta, lv["grad"]))
-            lv["grad"] = tuple(torch.where(sel, torch.zeros_like(g), g) for g in lv["grad"])
+            if static_count is not None:                       # every sample commits: the sum starts again empty
+                lv["theta"] = tuple(w - lr * g for w, g in zip(theta, lv.pop("grad")))
+            else:
+                sel = do[:, None, None]
+                lv["theta"] = tuple(torch.where(sel, w - lr * g, w) for w, g in zip(theta, lv["grad"]))
+                lv["grad"] = tuple(torch.where(sel, torch.zeros_like(g), g) for g in lv["grad"])
             lv["commits"] = lv["commits"] + do.long()
         return out
 
@@ -661,11 +664,22 @@ class HopeModel(HopePreTrainedModel):
         """One block on one span with its inputs flattened to tensors (see `HopeBlock.forward`). The block gets only
         the phase of `offset` on the memories' chunk grid (the projection chunk size divides the memory chunk size), the
         one thing it reads from it."""
+        held = {}
+        if static_count is not None and teach is not None:
+            # the gradient sums of levels that do not commit now are added outside the block: passed in, activation
+            # checkpointing would keep every span's running sum alive until backward
+            due = [commit is not None and static_count > 0 and static_count % C == 0 for C in layer.cms_chunk_sizes]
+            levels = [dict(lv) for lv in state["cms"]]
+            held = {i: lv.pop("grad") for i, lv in enumerate(levels) if not due[i] and "grad" in lv}
+            state = {**state, "cms": levels}
         leaves, spec = tree_flatten((state, teach, commit))
         phase = offset % self.config.memory_chunk_size
         h, out_spec, *out_leaves = layer(h, m, *leaves, spec=spec, offset=phase, reference=reference, write=write,
                                          active=tuple(active), static_count=static_count)
         new_state, xins = tree_unflatten(out_leaves, out_spec)
+        for i, total in held.items():
+            lv = new_state["cms"][i]
+            lv["grad"] = tuple(a + b for a, b in zip(total, lv["grad"])) if "grad" in lv else total
         return h, new_state, xins
 
     @staticmethod
