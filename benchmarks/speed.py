@@ -281,6 +281,7 @@ def compiled_throughput(build, seq_len: int, batch_size: int, iters: int, budget
                         autocast_dtype=None) -> dict:
     """`train_throughput` of `build()` with its memories compiled (`compile_memories`, what `hope-hf train --compile`
     does); the first call, which compiles (or loads torch's compile cache), is timed separately as `first_call_s`."""
+    torch._dynamo.reset()            # each case compiles afresh: earlier cases' graphs count towards the recompile limit
     torch.manual_seed(0)
     model = build().to(device).compile_memories()
     loss = next_token_loss(model, seq_len, batch_size, device)
