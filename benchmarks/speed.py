@@ -252,7 +252,7 @@ def train_memory(build, seq_len: int, batch_size: int = 1) -> dict:
 def train_throughput(model, seq_len: int, batch_size: int, iters: int, budget_s: float, device="cpu",
                      autocast_dtype=None, flops: bool = True) -> dict:
     """Forward + backward (next-token loss) on random ids; no optimizer step. The untimed warm-up call counts the
-    FLOPs (`flops=True`); achieved FLOP/s = counted FLOPs / median time."""
+    FLOPs (`flops=True`; achieved FLOP/s = counted FLOPs / median time), else its duration is `first_call_s`."""
     loss = next_token_loss(model, seq_len, batch_size, device)
 
     def step():
@@ -265,13 +265,18 @@ def train_throughput(model, seq_len: int, batch_size: int, iters: int, budget_s:
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    counted = count_flops(step) if flops else None
-    times = time_iters(step, iters, budget_s, warmup=not flops, device=device)
+    start = time.perf_counter()
+    counted = count_flops(step) if flops else step()
+    _sync(device)
+    first = time.perf_counter() - start
+    times = time_iters(step, iters, budget_s, warmup=False, device=device)
     med = statistics.median(times)
     row = {"seq_len_tokens": seq_len, "batch_size": batch_size, "timed_iters": len(times), "times_s": times,
            "median_s": med, "tokens_per_s": batch_size * seq_len / med}
-    if counted is not None:
+    if flops:
         row.update(flops_per_step=counted, achieved_flops_per_s=counted / med)
+    else:                         # the untimed first call, e.g. the one that compiles
+        row["first_call_s"] = first
     if cuda:
         row["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
     return row
@@ -284,25 +289,7 @@ def compiled_throughput(build, seq_len: int, batch_size: int, iters: int, budget
     torch._dynamo.reset()            # each case compiles afresh: earlier cases' graphs count towards the recompile limit
     torch.manual_seed(0)
     model = build().to(device).compile_memories()
-    loss = next_token_loss(model, seq_len, batch_size, device)
-
-    def step():
-        model.zero_grad(set_to_none=True)
-        with torch.autocast(torch.device(device).type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            value = loss()
-        value.backward()
-
-    start = time.perf_counter()
-    step()
-    _sync(device)
-    first = time.perf_counter() - start
-    times = time_iters(step, iters, budget_s, warmup=False, device=device)
-    med = statistics.median(times)
-    row = {"seq_len_tokens": seq_len, "batch_size": batch_size, "first_call_s": first, "timed_iters": len(times),
-           "times_s": times, "median_s": med, "tokens_per_s": batch_size * seq_len / med}
-    if torch.device(device).type == "cuda":
-        row["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
-    return row
+    return train_throughput(model, seq_len, batch_size, iters, budget_s, device, autocast_dtype, flops=False)
 
 
 def memory_impl_speedup(seq_len: int, iters: int, budget_s: float, limit_s: float = REFERENCE_LIMIT_S) -> dict:

@@ -227,6 +227,10 @@ class HopeBlock(GradientCheckpointingLayer):
         block's parameters, so sharded training registers it, like `init_state`, as an FSDP forward method."""
         return self._accumulate_levels(cms_state, level_inputs, u, active, reference)
 
+    def static_due(self, count):
+        """Which levels commit at a span start where every sample has read `count` tokens (a Python int)."""
+        return [count > 0 and count % C == 0 for C in self.cms_chunk_sizes]
+
     # Both return new level states instead of changing their arguments (FSDP rebuilds the argument containers).
 
     def _accumulate_levels(self, cms_state, level_inputs, u, active, reference=False):
@@ -247,10 +251,11 @@ class HopeBlock(GradientCheckpointingLayer):
         level's output is g_l MLP_theta, so the gradient of <g_l MLP_theta(x_t), u_t> is g_l times the pending sum).
         `static_count`: every sample's count as a Python int, when known (no data-dependent branch)."""
         out = []
-        for C_l, lvl, lv in zip(self.cms_chunk_sizes, self.cms, cms_state):
+        static_due = self.static_due(static_count) if static_count is not None else None
+        for i, (C_l, lvl, lv) in enumerate(zip(self.cms_chunk_sizes, self.cms, cms_state)):
             lv = dict(lv)
             out.append(lv)
-            if "grad" not in lv or static_count is not None and not (static_count > 0 and static_count % C_l == 0):
+            if "grad" not in lv or static_due is not None and not static_due[i]:
                 continue
             do = real & (token_count > 0) & (token_count % C_l == 0)
             if static_count is None and not bool(do.any()):
@@ -668,7 +673,7 @@ class HopeModel(HopePreTrainedModel):
         if static_count is not None and teach is not None:
             # the gradient sums of levels that do not commit now are added outside the block: passed in, activation
             # checkpointing would keep every span's running sum alive until backward
-            due = [commit is not None and static_count > 0 and static_count % C == 0 for C in layer.cms_chunk_sizes]
+            due = layer.static_due(static_count) if commit is not None else [False] * len(layer.cms)
             levels = [dict(lv) for lv in state["cms"]]
             held = {i: lv.pop("grad") for i, lv in enumerate(levels) if not due[i] and "grad" in lv}
             state = {**state, "cms": levels}
