@@ -387,6 +387,51 @@ def teach_signal(h, norm_weight, eps, W_out, target_rows, logits=None):
         return (r * wg - (r.pow(3) / h.shape[-1]) * h * (wg * h).sum(-1, keepdim=True)).to(target_rows.dtype)
 
 
+class LinearCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of the logits h W^T against `targets` (rows equal to `ignore_index` count nothing) that
+    keeps no [tokens, vocab] tensor for backward: the forward reads the logits it is given (already computed for
+    the teach signals, detached), the backward recomputes them `chunk` rows at a time from h and W."""
+
+    @staticmethod
+    def forward(ctx, h, W, targets, logits, ignore_index=-100, chunk=1024):
+        logits = logits.detach().float()
+        lse = torch.logsumexp(logits, -1)
+        valid = targets != ignore_index
+        picked = logits.gather(-1, targets.clamp(min=0)[:, None])[:, 0]
+        ctx.save_for_backward(h, W, targets, lse)
+        ctx.ignore_index, ctx.chunk = ignore_index, chunk
+        return torch.where(valid, lse - picked, 0).sum()
+
+    @staticmethod
+    def backward(ctx, grad):
+        h, W, targets, lse = ctx.saved_tensors
+        dh, dW = torch.empty_like(h), torch.zeros(W.shape, dtype=torch.float32, device=W.device)
+        Wc = W.to(h.dtype)
+        for i in range(0, h.shape[0], ctx.chunk):
+            hi, ti = h[i:i + ctx.chunk], targets[i:i + ctx.chunk]
+            d = torch.exp((hi @ Wc.t()).float() - lse[i:i + ctx.chunk, None])          # softmax
+            d.scatter_add_(1, ti.clamp(min=0)[:, None], torch.full_like(d[:, :1], -1.0))  # - onehot(y)
+            d = d * (grad * (ti != ctx.ignore_index))[:, None]
+            dh[i:i + ctx.chunk] = (d @ W.float()).to(h.dtype)
+            dW += d.t() @ hi.float()
+        return dh, dW.to(W.dtype), None, None, None, None
+
+
+def causal_lm_loss(hidden, W, logits, labels, shift_labels=None, num_items_in_batch=None, ignore_index=-100,
+                   **kwargs):
+    """transformers' ForCausalLMLoss (shifted labels, `ignore_index`, mean or sum / `num_items_in_batch`) through
+    `LinearCrossEntropy`: `hidden` [B, T, D] (normed, on the graph), `logits` its detached logits."""
+    if shift_labels is None:
+        shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
+    D, V = hidden.shape[-1], logits.shape[-1]
+    targets = shift_labels.reshape(-1).to(hidden.device)
+    total = LinearCrossEntropy.apply(hidden.reshape(-1, D), W, targets, logits.reshape(-1, V), ignore_index)
+    if num_items_in_batch is None:
+        return total / (targets != ignore_index).sum()
+    return total / (num_items_in_batch.to(total.device) if torch.is_tensor(num_items_in_batch) else
+                    num_items_in_batch)
+
+
 class HopeModel(HopePreTrainedModel):
     def __init__(self, config: HopeConfig, own_head: bool = True):
         super().__init__(config)
@@ -479,13 +524,14 @@ class HopeModel(HopePreTrainedModel):
     @can_return_tuple
     def forward(self, input_ids=None, attention_mask=None, past_key_values=None, inputs_embeds=None,
                 use_cache=None, output_hidden_states=None, lm_head_weight=None, output_attentions=None, cache=None,
-                **kwargs):
+                logits_grad=True, **kwargs):
         """`lm_head_weight`: the LM head the CMS teach signals use (passed by `HopeForCausalLM`); a bare model uses
         its own `lm_head` (untied embeddings) or the input embeddings (tied). `hidden_states` (with
         `output_hidden_states` or `config.output_hidden_states`): the embeddings, the outputs of layers 1..L-1 and
         the normed last layer (= `last_hidden_state`), all on the path to the outputs (a layer-major replay, see
         below; it costs one more forward pass without a graph). `output_attentions` is accepted; `attentions` is
-        always None (Hope has no attention). `cache` is transformers >= 5.24's name for `past_key_values`."""
+        always None (Hope has no attention). `cache` is transformers >= 5.24's name for `past_key_values`.
+        `logits_grad=False`: the returned logits are computed off the graph (for a loss that recomputes them)."""
         past_key_values = cache if past_key_values is None else past_key_values
         c = self.config
         output_hidden_states = output_hidden_states if output_hidden_states is not None else c.output_hidden_states
@@ -572,7 +618,7 @@ class HopeModel(HopePreTrainedModel):
         want_logits = has_cms and lm_head_weight is not None and not output_hidden_states
         cuts = [0] + ([f for f in range(1, F_len) if (o + f) % c.span_size == 0] if has_cms else []) + [F_len]
         spans = list(zip(cuts[:-1], cuts[1:]))
-        gather_back = lambda t: torch.cat(t, 1).gather(  # noqa: E731
+        gather_back = (lambda t: torch.cat(t, 1)) if static else lambda t: torch.cat(t, 1).gather(  # noqa: E731
             1, idx.clamp(max=max(F_len - 1, 0))[..., None].expand(B, T, t[0].shape[-1])) * mask[..., None]
         # With hidden states asked for, the span loop runs without a graph and only records the (detached) teach
         # signals; a layer-major replay with those signals then builds the same graph with each layer reading the
@@ -607,7 +653,7 @@ class HopeModel(HopePreTrainedModel):
                     level_inputs.append(xins)
                 spans_h.append(h)
                 if has_cms and (write or want_logits):
-                    with torch.set_grad_enabled(torch.is_grad_enabled() and want_logits):
+                    with torch.set_grad_enabled(torch.is_grad_enabled() and want_logits and logits_grad):
                         logits = self.norm(h) @ W_out.t()
                     if want_logits:
                         spans_logits.append(logits)
@@ -774,18 +820,27 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
     def forward(self, input_ids=None, attention_mask=None, past_key_values=None, inputs_embeds=None, labels=None,
                 use_cache=None, output_hidden_states=None, logits_to_keep=0, output_attentions=None, cache=None,
                 **kwargs):
+        """With `labels` in training mode the loss goes through `LinearCrossEntropy` (no [tokens, vocab] tensor is kept
+        for backward) and the returned logits are detached; otherwise transformers' `loss_function` on the logits."""
         past_key_values = cache if past_key_values is None else past_key_values   # transformers >= 5.24: `cache`
+        lean = labels is not None and self.training and torch.is_grad_enabled()
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=past_key_values,
                          inputs_embeds=inputs_embeds, use_cache=use_cache, output_hidden_states=output_hidden_states,
-                         lm_head_weight=self.lm_head.weight, output_attentions=output_attentions, return_dict=True)
+                         lm_head_weight=self.lm_head.weight, output_attentions=output_attentions, return_dict=True,
+                         logits_grad=not lean)
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        if out.logits is not None:
-            logits = out.logits[:, keep]
-        else:
-            logits = self.lm_head(out.last_hidden_state[:, keep])
         loss = None
-        if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        if lean:
+            logits = out.logits
+            if logits is None:
+                with torch.no_grad():
+                    logits = self.lm_head(out.last_hidden_state)
+            loss = causal_lm_loss(out.last_hidden_state, self.lm_head.weight, logits, labels, **kwargs)
+            logits = logits[:, keep]
+        else:
+            logits = out.logits[:, keep] if out.logits is not None else self.lm_head(out.last_hidden_state[:, keep])
+            if labels is not None:
+                loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=out.hidden_states,
                                       **{CACHE_FIELD: out.get(CACHE_FIELD)})
 

@@ -351,6 +351,34 @@ def test_activation_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("tie", [True, False])
+def test_training_loss_keeps_no_logits_and_equals_the_standard_loss(tie):
+    """In training mode the loss goes through LinearCrossEntropy (logits recomputed in backward, none kept); it must
+    equal transformers' ForCausalLMLoss on the logits, value and gradients, with padding, ignored labels,
+    num_items_in_batch and shift_labels."""
+    model = make_model(cms_chunk_sizes=[16, 32], tie_word_embeddings=tie)
+    x = ids(2, 40)
+    mask = torch.ones_like(x)
+    mask[1, :5] = 0
+    labels = x.masked_fill(mask == 0, -100)
+    labels[0, 10:14] = -100
+    shifted = torch.roll(x, -2, 1)
+    for kw in (dict(labels=labels), dict(labels=labels, num_items_in_batch=torch.tensor(50)),
+               dict(labels=x, shift_labels=shifted)):
+        grads, losses = [], []
+        for train in (True, False):
+            model.zero_grad()
+            model.train(train)
+            out = model(input_ids=x, attention_mask=mask, **kw)
+            out.loss.backward()
+            assert out.logits.requires_grad is not train          # training: the logits come back detached
+            losses.append(out.loss.detach())
+            grads.append([p.grad.clone() for p in model.parameters()])
+        torch.testing.assert_close(losses[0], losses[1], rtol=1e-6, atol=0)
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
 def test_ablation_flags_build_and_run():
     x = ids(1, 40)
     for kw in (dict(self_modifying=False), dict(use_dgd=False), dict(use_momentum=False),
