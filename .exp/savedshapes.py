@@ -3,7 +3,7 @@ from benchmarks.speed import hope_preset, next_token_loss, llama_matching
 torch.set_num_threads(1)
 T = int(sys.argv[1]) if len(sys.argv) > 1 else 2048
 which = sys.argv[2] if len(sys.argv) > 2 else "hope"
-model = hope_preset("small", checkpointing=True) if which == "hope" else llama_matching("small", T)
+model = hope_preset("small", checkpointing=(which == "hope")) if which != "llama" else llama_matching("small", T)
 loss = next_token_loss(model, T)
 params = {p.data_ptr() for p in model.parameters()}
 by = collections.Counter(); seen = {}

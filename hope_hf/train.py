@@ -583,6 +583,7 @@ def run(args) -> Path:
     model = HopeForCausalLM(config)
     if args.activation_checkpointing:
         model.activation_checkpointing_enable()
+        model.model.checkpoint_span_groups = args.activation_checkpointing != "spans"
     if args.fsdp:
         model = FSDPUnit(vectorize_scalars(freeze_idle_cms_rates(model, args)))
     tokens_per_step = args.batch_size * args.seq_len * args.grad_accum * accelerator.num_processes

@@ -124,3 +124,18 @@ def test_speed_benchmark_under_contention(tmp_path):
     # gone afterwards; multiprocessing's resource tracker (started by the spawned memory-measuring children, it lives
     # as long as this process) is not a leftover of the case
     assert children() == before
+
+
+def test_speed_benchmark_measures_checkpointed_hope_where_eager_does_not_fit(tmp_path):
+    """A case in `skip` (eager Hope does not fit) still measures Llama and checkpointed Hope, side by side."""
+    from benchmarks import readme
+
+    results = speed.run(presets=("tiny",), lengths=(64,), iters=1, budget_s=1.0, out=tmp_path, reference=False,
+                        compiled=False, skip={("tiny", 64): "does not fit"})
+    assert results["throughput"] == [] and len(results["checkpointed_only"]) == 1
+    row = results["checkpointed_only"][0]
+    assert "hope" not in row and row["hope_ckpt"]["tokens_per_s"] > 0 and row["llama"]["tokens_per_s"] > 0
+    assert row["hope_ckpt_over_llama_saved_activations"] > 0
+    text = speed.markdown(results)
+    assert "| tiny | 64 |" in text and "(does not fit); measured there: Llama and Hope with activation checkpointing only" in text
+    assert any("saved activations Hope (checkpointed) / Llama, tiny @ 64" in line for line in readme.targets(tmp_path))

@@ -77,7 +77,9 @@ def test_old_and_new_option_names_are_the_same_options(tmp_path):
     a, b = cli.train_parser().parse_args(old), cli.train_parser().parse_args(new)
     assert vars(a) == vars(b)
     assert (a.seq_len, a.batch_size, a.grad_accum, a.lr, a.eval_every, a.save_every, a.keep_checkpoints) == (
-        512, 3, 2, 1e-3, 7, 9, 4) and a.cpu and a.activation_checkpointing
+        512, 3, 2, 1e-3, 7, 9, 4) and a.cpu and a.activation_checkpointing == "groups"
+    assert cli.train_parser().parse_args(["--gradient-checkpointing", "spans"]).activation_checkpointing == "spans"
+    assert cli.train_parser().parse_args([]).activation_checkpointing is None
 
 
 def test_the_light_parser_agrees_with_the_package():

@@ -338,15 +338,29 @@ def test_every_parameter_gets_a_gradient_including_initial_states():
         assert names[n].grad.abs().sum() > 0
 
 
-def test_activation_checkpointing_gives_the_same_gradients():
+@pytest.mark.parametrize("T, padded", [(40, False), (100, False), (100, True)])
+def test_activation_checkpointing_gives_the_same_gradients(T, padded):
+    """Per-block span checkpoints (40 tokens: 3 spans) and, from 4 spans on, groups of spans checkpointed around
+    them (100 tokens: 7 spans in groups of 3), on the static path and on the padded (data-dependent) one."""
     model = make_model(cms_chunk_sizes=[16, 32])
     model.train()
-    x = ids(2, 40)
-    model(input_ids=x, labels=x).loss.backward()
+    x = ids(2, T)
+    mask = torch.ones_like(x)
+    if padded:
+        mask[0, :7] = 0
+    labels = x.masked_fill(mask == 0, -100)
+    kw = dict(attention_mask=mask) if padded else {}
+    model(input_ids=x, labels=labels, **kw).loss.backward()
     ref = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
     model.activation_checkpointing_enable()
-    model(input_ids=x, labels=x).loss.backward()
+    recomputed = []
+    hook = model.model.layers[0].memory.register_forward_hook(lambda *a: recomputed.append(1))
+    model(input_ids=x, labels=labels, **kw).loss.backward()
+    hook.remove()
+    spans = -(-T // 16)
+    # each block-span runs once forward, once more in backward, and once more when its group is recomputed
+    assert len(recomputed) == (3 * spans if spans >= 4 else 2 * spans)
     for a, b in zip(ref, [p.grad for p in model.parameters()]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
