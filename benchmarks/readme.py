@@ -97,9 +97,8 @@ def targets(results: Path = RESULTS) -> list[str]:
                 rows.append((f"saved activations Hope (checkpointed) / Llama, {r['preset']} @ {r['seq_len_tokens']}",
                              f"{ratio:.2f}x", f"<= {t['hope_over_llama_saved_activations']}x",
                              _verdict(ratio, t["hope_over_llama_saved_activations"], False)))
-            rss = r.get("hope_ckpt", {}).get("peak_rss_above_start_bytes")
             if r["preset"] == "small" and r["seq_len_tokens"] == 8192 and "small_peak_rss_at_8192_bytes" in t:
-                goal = t["small_peak_rss_at_8192_bytes"]
+                rss, goal = r.get("hope_ckpt", {}).get("peak_rss_above_start_bytes"), t["small_peak_rss_at_8192_bytes"]
                 rows.append(("peak RSS of one fwd+bwd, Hope small (checkpointed) @ 8192",
                              "n/a" if rss is None else f"{rss / 2 ** 30:.1f} GiB", f"<= {goal / 2 ** 30:.0f} GiB",
                              "n/a" if rss is None else _verdict(rss, goal, False)))

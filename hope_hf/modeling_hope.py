@@ -408,13 +408,13 @@ class LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad):
         h, W, targets, lse = ctx.saved_tensors
         dh, dW = torch.empty_like(h), torch.zeros(W.shape, dtype=torch.float32, device=W.device)
-        Wc = W.to(h.dtype)
+        Wc, Wf = W.to(h.dtype), W.float()                      # (no copies when h and W are float32)
         for i in range(0, h.shape[0], ctx.chunk):
             hi, ti = h[i:i + ctx.chunk], targets[i:i + ctx.chunk]
             d = torch.exp((hi @ Wc.t()).float() - lse[i:i + ctx.chunk, None])          # softmax
             d.scatter_add_(1, ti.clamp(min=0)[:, None], torch.full_like(d[:, :1], -1.0))  # - onehot(y)
             d = d * (grad * (ti != ctx.ignore_index))[:, None]
-            dh[i:i + ctx.chunk] = (d @ W.float()).to(h.dtype)
+            dh[i:i + ctx.chunk] = (d @ Wf).to(h.dtype)
             dW += d.t() @ hi.float()
         return dh, dW.to(W.dtype), None, None, None, None
 
