@@ -21,6 +21,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
+from transformers.generation import GenerationMode
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.utils import can_return_tuple, logging
@@ -788,6 +789,10 @@ class HopeModel(HopePreTrainedModel):
 
 class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    # assisted decoding would roll the cache back to before rejected draft tokens; a memory updated in context
+    # cannot be cropped (transformers >= 5.25 checks this list before it dispatches)
+    _supported_generation_modes = [GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE, GenerationMode.BEAM_SEARCH,
+                                   GenerationMode.BEAM_SAMPLE]
 
     def __init__(self, config: HopeConfig):
         super().__init__(config)
