@@ -22,6 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import hope_hf  # noqa: F401 - registers the Auto classes
 from hope_hf import HopeCache
 from hope_hf.generate import ids_path, load_session, save_session  # noqa: F401 - ids_path: the session's id file
+from hope_hf.modeling_hope import CACHE_FIELD  # the cache's name in generate: `cache` (transformers >= 5.24)
 
 
 def memory_report(cache: HopeCache, config) -> str:
@@ -38,11 +39,11 @@ def chat_turn(model, tok, cache: HopeCache, ids: list[int], text: str, template:
     if not ids and tok.bos_token_id is not None:
         new = [tok.bos_token_id, *new]
     history = torch.tensor([ids + new], device=model.device)
-    out = model.generate(history, attention_mask=torch.ones_like(history), past_key_values=cache,
+    out = model.generate(history, attention_mask=torch.ones_like(history), **{CACHE_FIELD: cache},
                          max_new_tokens=max_new_tokens, do_sample=False, return_dict_in_generate=True,
                          pad_token_id=tok.pad_token_id)
     reply = tok.decode(out.sequences[0, history.shape[1]:], skip_special_tokens=True)
-    return reply, out.sequences[0].tolist(), out.past_key_values
+    return reply, out.sequences[0].tolist(), out[CACHE_FIELD]
 
 
 def user_turns(args):
