@@ -22,6 +22,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.generation import GenerationMode
+from transformers.loss.loss_utils import ForCausalLMLoss
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.utils import can_return_tuple, logging
@@ -853,9 +854,11 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
                 use_cache=None, output_hidden_states=None, logits_to_keep=0, output_attentions=None, cache=None,
                 **kwargs):
         """With `labels` in training mode the loss goes through `LinearCrossEntropy` (no [tokens, vocab] tensor is kept
-        for backward) and the returned logits are detached; otherwise transformers' `loss_function` on the logits."""
+        for backward) and the returned logits are detached; otherwise, or when `loss_function` was replaced (a
+        `config.loss_type` or an assigned function), transformers' `loss_function` on the logits."""
         past_key_values = cache if past_key_values is None else past_key_values   # transformers >= 5.24: `cache`
-        lean = labels is not None and self.training and torch.is_grad_enabled()
+        lean = (labels is not None and self.training and torch.is_grad_enabled()
+                and self.loss_function is ForCausalLMLoss)
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=past_key_values,
                          inputs_embeds=inputs_embeds, use_cache=use_cache, output_hidden_states=output_hidden_states,
                          lm_head_weight=self.lm_head.weight, output_attentions=output_attentions, return_dict=True,

@@ -393,6 +393,26 @@ def test_training_loss_keeps_no_logits_and_equals_the_standard_loss(tie):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
+def test_a_replaced_loss_function_is_used_in_training():
+    """A `loss_function` assigned by the user (transformers' hook for custom losses) replaces the built-in lean loss:
+    it gets the logits, on the graph."""
+    model = make_model()
+    x = ids(2, 24)
+    seen = []
+
+    def custom_loss(logits, labels, vocab_size, **kwargs):
+        seen.append(logits.requires_grad)
+        return logits.float().square().mean()
+
+    model.loss_function = custom_loss
+    model.train()
+    out = model(input_ids=x, labels=x)
+    torch.testing.assert_close(out.loss, out.logits.float().square().mean())
+    assert seen == [True] and out.logits.requires_grad
+    out.loss.backward()
+    assert model.lm_head.weight.grad is not None
+
+
 def test_ablation_flags_build_and_run():
     x = ids(1, 40)
     for kw in (dict(self_modifying=False), dict(use_dgd=False), dict(use_momentum=False),
