@@ -83,7 +83,9 @@ def write_results(out, name: str, results: dict, plot=None) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
-    path.write_text(json.dumps(results, indent=1) + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(results, indent=1) + "\n")
+    os.replace(tmp, path)                          # a killed run never leaves a half-written JSON
     if plot is not None:
         plot(results, out / f"{name}.png")
     return path

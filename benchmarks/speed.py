@@ -547,6 +547,8 @@ def run(presets=("tiny", "small"), lengths=(512, 2048, 8192), ref_len=1024, iter
                         row[f"{key}_over_llama_saved_activations"] = (row[key]["saved_activations_bytes"]
                                                                       / row["llama"]["saved_activations_bytes"])
                 (rows if eager else checkpointed_only).append(row)
+                write_results(out, name + ".partial", {"throughput": rows, "checkpointed_only": checkpointed_only,
+                                                       "skipped": skipped})   # kept if the run is killed
                 progress.update()
             del hope, llama, hope_ckpt
     progress.close()
@@ -566,6 +568,7 @@ def run(presets=("tiny", "small"), lengths=(512, 2048, 8192), ref_len=1024, iter
         results["memory_impl_speedup"] = memory_impl_speedup(ref_len, iters, budget_s)
     bench.finish(results)
     write_results(out, name, results, lambda res, path: plot(res["throughput"] + res["checkpointed_only"], path))
+    Path(out, name + ".partial.json").unlink(missing_ok=True)
     return results
 
 

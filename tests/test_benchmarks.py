@@ -4,6 +4,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` lives at the repo root
 
 from benchmarks import speed
@@ -14,6 +16,7 @@ def test_speed_benchmark_smallest_case(tmp_path):
     data = json.loads((tmp_path / "speed.json").read_text())
     assert data == json.loads(json.dumps(results))
     assert (tmp_path / "speed.png").stat().st_size > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["speed.json", "speed.png"]   # no partial or temporary file
     assert {"platform", "processor", "cpu_count", "torch_threads", "torch", "transformers"} <= set(data["machine"])
     assert data["matmul_peak"]["flops_per_s"] > 0
     [row] = data["throughput"]
@@ -139,3 +142,14 @@ def test_speed_benchmark_measures_checkpointed_hope_where_eager_does_not_fit(tmp
     text = speed.markdown(results)
     assert "| tiny | 64 |" in text and "(does not fit); measured there: Llama and Hope with activation checkpointing only" in text
     assert any("saved activations Hope (checkpointed) / Llama, tiny @ 64" in line for line in readme.targets(tmp_path))
+
+
+def test_speed_benchmark_keeps_finished_cases_when_a_later_one_fails(tmp_path):
+    """A run that dies (here: an empty input at the second length) leaves the finished cases in <name>.partial.json."""
+    with pytest.raises(ValueError):
+        speed.run(presets=("tiny",), lengths=(64, 0), ref_len=64, iters=1, budget_s=1.0, out=tmp_path,
+                  reference=False, compiled=False)
+    assert not (tmp_path / "speed.json").exists()
+    partial = json.loads((tmp_path / "speed.partial.json").read_text())
+    assert [(r["preset"], r["seq_len_tokens"]) for r in partial["throughput"]] == [("tiny", 64)]
+    assert partial["throughput"][0]["hope"]["tokens_per_s"] > 0
