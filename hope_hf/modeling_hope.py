@@ -792,8 +792,8 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
     # assisted decoding would roll the cache back to before rejected draft tokens; a memory updated in context
     # cannot be cropped (transformers >= 5.25 checks this list before it dispatches)
-    _supported_generation_modes = [GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE, GenerationMode.BEAM_SEARCH,
-                                   GenerationMode.BEAM_SAMPLE]
+    _supported_generation_modes = (GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE, GenerationMode.BEAM_SEARCH,
+                                   GenerationMode.BEAM_SAMPLE)
 
     def __init__(self, config: HopeConfig):
         super().__init__(config)
