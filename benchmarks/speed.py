@@ -42,9 +42,11 @@ from hope_hf.cli import ALLOCATOR_ENV, tune_allocator
 
 VOCAB = {"tiny": 2048, "small": 32000}
 # (preset, length) pairs left out of the default CPU run, with the reason recorded in the JSON
-# cases where Hope without checkpointing does not fit: (why, whether Llama and checkpointed Hope are measured there)
+# cases where Hope without checkpointing does not fit: (why, whether Llama and checkpointed Hope are measured there).
+# small 8k checkpointed fits in a fresh process (6.0 GiB peak RSS, README "Allocator"), but this process's 8k case
+# (Llama's and checkpointed Hope's FLOP-counted and timed steps, next to the other models) passed 20 GiB
 SKIP = {("small", 8192): (("fwd+bwd of Hope small at 8192 tokens without checkpointing filled all 24 GiB of this "
-                           "machine's memory (swapping)"), True)}
+                           "machine's memory (swapping); the benchmark process's 8k case passed 20 GiB RSS"), False)}
 REFERENCE_LIMIT_S = 60.0
 MIB = 2 ** 20
 
