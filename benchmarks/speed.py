@@ -590,7 +590,7 @@ def main(argv=None):
     parser.add_argument("--contention", action="store_true",
                         help="run every case next to one busy background process (default name speed_contention)")
     args = parser.parse_args(argv)
-    tune_allocator()                                                  # as `hope-hf train` (README "Memory")
+    tune_allocator()                                                  # as `hope-hf train` (README "Allocator")
     if args.threads:
         os.environ["BENCH_THREADS"] = str(args.threads)               # read by common.Run
     args.out = args.out or (QUICK_RESULTS if args.quick else RESULTS)

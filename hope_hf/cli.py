@@ -116,8 +116,8 @@ def use_threads(requested: int | None) -> str:
     return f"threads: {n} torch thread(s) per process ({how}; {usable_cores()} cores)"
 
 
-# glibc's malloc for training steps (README "Memory"): blocks of >= 256 KiB are mapped on their own and freed memory is
-# returned at once; torch backs its blocks of >= 2 MiB with transparent huge pages. With glibc's defaults a
+# glibc's malloc for training steps (README "Allocator"): blocks of >= 256 KiB are mapped on their own and freed
+# memory is returned at once; torch backs its blocks of >= 2 MiB with transparent huge pages. With glibc's defaults a
 # checkpointed fwd+bwd of `small` at 8,192 tokens grew the heap past 18 GiB (fragmentation); with these, 6.0 GiB.
 ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": "262144", "MALLOC_TRIM_THRESHOLD_": "0", "THP_MEM_ALLOC_ENABLE": "1"}
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
