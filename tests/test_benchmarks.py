@@ -55,7 +55,8 @@ def test_speed_benchmark_smallest_case(tmp_path):
     assert "activations KiB per token" in speed.markdown(results)
     # activation checkpointing: the same model and step, fewer activations kept for backward
     c = row["hope_ckpt"]
-    assert c["params"] == row["hope"]["params"] and c["flops_per_step"] > row["hope"]["flops_per_step"]  # recompute
+    assert c["params"] == row["hope"]["params"] and c["flops_per_step"] == row["hope"]["flops_per_step"]  # model FLOPs
+    assert c["fraction_of_matmul_peak"] == c["flops_per_step"] / c["median_s"] / data["matmul_peak"]["flops_per_s"]
     assert 0 < c["saved_activations_bytes"] < row["hope"]["saved_activations_bytes"]
     assert row["hope_ckpt_over_llama_tokens_per_s"] == c["tokens_per_s"] / row["llama"]["tokens_per_s"]
     assert "Hope ckpt tok/s" in speed.markdown(results)
@@ -84,6 +85,19 @@ def test_flop_counter_counts_a_matmul():
 
     a, b = torch.ones(8, 16), torch.ones(16, 4)
     assert speed.count_flops(lambda: a @ b) == 2 * 8 * 16 * 4
+
+
+def test_flop_counter_counts_cpu_attention_forward_and_backward():
+    """The CPU flash-attention kernel Llama's sdpa attention runs here: FlopCounterMode alone counts 0 for it."""
+    import torch
+
+    q = torch.randn(1, 2, 32, 8, requires_grad=True)
+
+    def fwd():
+        return torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True)
+
+    assert speed.count_flops(fwd) == 2 * (2 * 2 * 32 * 32 * 8)                      # QK^T and PV, 2 heads
+    assert speed.count_flops(lambda: fwd().sum().backward()) == 2 * (2 * 2 * 32 * 32 * 8) * 7 // 2  # + 5 products
 
 
 def test_saved_for_backward_counts_activations_once_and_not_parameters():

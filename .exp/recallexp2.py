@@ -1,0 +1,42 @@
+import sys, json, time, math, torch
+from benchmarks import recall, common
+from hope_hf import HopeConfig
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    seed = int(sys.argv[1]); over = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
+    steps = int(sys.argv[3]) if len(sys.argv) > 3 else 2000
+    conv = over.pop("conv", "identity"); bs = over.pop("bs", 4); kind = over.pop("model", "hope"); lr = over.pop("lr", 3e-3); curr = over.pop("curr", "yes")
+    s = recall.settings(False, {"steps": steps, "batch_size": bs, "lr": lr})
+    L = s["seq_len"]; lengths = [L * m for m in s["multiples"]]; pc = s["pair_counts"]
+    config = HopeConfig.from_preset("tiny", vocab_size=recall.VOCAB_SIZE, pad_token_id=recall.PAD,
+                                    bos_token_id=recall.BOS, eos_token_id=recall.EOS, **over)
+    gen = torch.Generator().manual_seed(seed)
+    if curr == "yes":
+        ids, labels = recall.make_curriculum(s["steps"] * s["batch_size"], L, pc, gen)
+    else:
+        ids, labels, _ = recall.make_data(s["steps"] * s["batch_size"], L, pc, gen)
+        perm = torch.randperm(ids.shape[0], generator=gen); ids, labels = ids[perm], labels[perm]
+    tests = {n: recall.make_data(s["eval_seqs"] * len(pc), n, pc, torch.Generator().manual_seed(1_000_003 * (seed + 1) + n))
+             for n in lengths}
+    model = common.build(kind, config, seed, max(lengths))
+    if conv != "identity":
+        g = torch.Generator().manual_seed(seed + 77)
+        for layer in model.model.layers:
+            w = layer.memory.conv_weight
+            K = w.shape[1]
+            with torch.no_grad():
+                if conv == "random":
+                    w.copy_((torch.rand(w.shape, generator=g) * 2 - 1) / math.sqrt(K))
+                elif conv.startswith("idnoise"):
+                    sc = float(conv[7:] or 0.3)
+                    w[:, :-1] = torch.randn(w.shape[0], K - 1, generator=g) * sc
+    t = time.perf_counter()
+    tr = common.train_lm(model, ids, s["steps"], batch_size=s["batch_size"], lr=s["lr"], seed=seed, labels=labels,
+                         desc="train", shuffle=False)
+    evals = [recall.evaluate_length(model, *tests[n], pc) for n in lengths]
+    probe = [] if kind != "hope" else recall.memory_probe(model, 32, L, 4, torch.Generator().manual_seed(5))
+    pr = [{k: [round(x, 2) for x in v] for k, v in p.items() if k in ("cos_kq_match", "cos_kq_other", "cos_q_between_asks", "eta_at_values")} for p in probe]
+    print(json.dumps({"over": over, "conv": conv, "bs": bs, "model": kind, "lr": lr, "curr": curr, "seed": seed, "steps": steps, "train_s": round(time.perf_counter() - t),
+                      "acc": [round(e["accuracy"], 3) for e in evals],
+                      "by_pairs": {p: [round(e["accuracy_by_pairs"][str(p)], 2) for e in evals] for p in pc},
+                      "probe": pr}))
