@@ -327,6 +327,7 @@ def _run(quick: bool, out, s: dict) -> dict:
                          "schedule": "linear warm-up over 10% of the steps, then cosine to 0.1x", "grad_clip": 1.0},
                "runs": [{"seed": seed, "models": _train_and_test(config, s, seed)} for seed in s["seeds"]]}
     results["models"] = aggregate(results["runs"])
+    results["no_binding_accuracy"] = no_binding_reference(L, pc)
     i = s["multiples"].index(4) if 4 in s["multiples"] else len(lengths) - 1  # 4L, else the longest test length
     for kind in ("hope", "llama"):
         results[f"{kind}_acc_at_4L"] = results["models"][kind]["accuracy"][i]
@@ -377,6 +378,30 @@ def plot(results: dict, path):
     plt.close(fig)
 
 
+def no_binding_accuracy(ids: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Expected accuracy on these sequences of two strategies that do not bind keys to values: copy one of the records'
+    values at random ("copy", 1/P where the values differ), or one not yet given as an answer ("copy_unanswered":
+    every key is asked once and the teacher-forced answers stay in the context, so ask j has P - j + 1 candidates,
+    H_P/P where the values differ). Values are drawn independently, so two keys may share one: both score a little
+    more than that."""
+    copy = unanswered = asks = 0.0
+    for row, lab in zip(ids.tolist(), labels.tolist()):
+        values = [row[i + 1] for i in range(len(row) - 1) if row[i] == VAL]
+        left = list(values)
+        for answer in (y for y in lab if y != -100):
+            copy += values.count(answer) / len(values)
+            unanswered += left.count(answer) / len(left)
+            left.remove(answer)
+            asks += 1
+    return {"copy": copy / asks, "copy_unanswered": unanswered / asks}
+
+
+def no_binding_reference(seq_len: int, pair_counts, n_seqs: int = 2000) -> dict:
+    """`no_binding_accuracy` per pair count on `n_seqs` sequences of the benchmark's distribution (a fixed seed)."""
+    gen = torch.Generator().manual_seed(7)
+    return {str(p): no_binding_accuracy(*make_batch(n_seqs, seq_len, p, p, gen)) for p in pair_counts}
+
+
 def markdown(results: dict) -> str:
     s = results["setup"]
     head = " | ".join(f"acc@{m}L ({n})" if m != 1 else f"acc@L ({n})"
@@ -390,6 +415,13 @@ def markdown(results: dict) -> str:
                                                                        zip(m["accuracy"], spread)) + " |")
         for p, acc in m["accuracy_by_pairs"].items():
             lines.append(f"| {kind} | {p} | | " + " | ".join(f"{a:.1%}" for a in acc) + " |")
+    base = {p: b for p, b in results.get("no_binding_accuracy", {}).items() if int(p) > 1}
+    if base:                                                            # absent from results of before 2026-12-03
+        lines.append("\nWithout any key -> value binding a model scores ~1/P by copying some value of the context, "
+                     "and ~H_P/P by copying a value not yet answered (`no_binding_accuracy`, expected on the test "
+                     "data: " + ", ".join(f"P = {p}: {b['copy']:.1%} / {b['copy_unanswered']:.1%}"
+                                          for p, b in base.items())
+                     + "); only accuracy above the second needs the binding.")
     probe = results["models"].get("hope", {}).get("memory_probe")
     if probe:
         lines.append("\nHope's output memory after training (`memory_probe`, per layer, mean over heads / best head): "

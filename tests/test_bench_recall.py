@@ -104,6 +104,7 @@ def test_recall_benchmark_smallest_case(tmp_path):
     assert data["target_met"] == (data["hope_acc_at_4L"] >= data["target_hope_acc_at_4L"])
     table = recall.markdown(results)
     assert "| hope | all |" in table and "| llama | 2 |" in table and "Target" in table and "seeds 0, 1" in table and "- layer 1: cos match" in table
+    assert set(data["no_binding_accuracy"]) == {"1", "2"} and "copying a value not yet answered" in table
     probe = data["models"]["hope"]["memory_probe"]
     assert len(probe) == 2 and all(len(layer["cos_kq_match"]) == 4 for layer in probe)
 
@@ -149,3 +150,24 @@ def test_memory_probe_sees_collapsed_queries():
     probe = recall.memory_probe(model, 8, 128, 4, torch.Generator().manual_seed(0))
     assert min(probe[0]["cos_q_between_asks"]) > 0.999
     assert max(probe[0]["cos_k_between_records"]) < 0.9
+
+
+@pytest.mark.parametrize("pairs", [2, 4, 8])
+def test_no_binding_accuracy_is_what_copying_an_unanswered_value_scores(pairs):
+    """Simulate the strategy on the benchmark's own sequences: at each ask, copy one of the records' values not yet
+    given as an answer, at random; it scores `no_binding_accuracy`'s expectation, which is H_P/P or a little more."""
+    gen = torch.Generator().manual_seed(pairs)
+    ids, labels = recall.make_batch(4000, 128, pairs, pairs, gen)
+    hits = total = 0
+    for row, lab in zip(ids.tolist(), labels.tolist()):
+        left = [row[i + 1] for i in range(len(row) - 1) if row[i] == recall.VAL]        # the records' values
+        for i in (i for i, y in enumerate(lab) if y != -100):
+            guess = left[int(torch.randint(len(left), (1,), generator=gen))]
+            hits += guess == lab[i]
+            total += 1
+            left.remove(lab[i])                                                     # the answer is now in context
+    expected = recall.no_binding_accuracy(ids, labels)
+    assert abs(hits / total - expected["copy_unanswered"]) < 0.01
+    harmonic = sum(1 / j for j in range(1, pairs + 1)) / pairs
+    assert harmonic <= expected["copy_unanswered"] < harmonic + 0.06 
+    assert expected["copy"] == pytest.approx((1 + (pairs - 1) / recall.N_VALUES) / pairs, abs=0.01)  # shared values
