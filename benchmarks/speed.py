@@ -77,19 +77,31 @@ def matmul_peak_flops(device="cpu", dtype=torch.float32, n: int = 2048, budget_s
             "flops_per_s": 2 * n ** 3 / min(times)}
 
 
+def _causal_share(query_shape, key_shape, is_causal: bool) -> float:
+    """Share of the T x T score matrix a causal kernel computes: the lower triangle, T(T+1)/2 of T^2 entries."""
+    s_q, s_k = query_shape[2], key_shape[2]
+    return (s_k + 1) / (2 * s_k) if is_causal and s_q == s_k else 1.0
+
+
 def _register_cpu_attention_flops():
     """FlopCounterMode (torch 2.13) has formulas for the CUDA SDPA kernels but not for the CPU flash kernel that
     Llama's sdpa attention runs here, so it counted no attention FLOPs on CPU. Give the CPU kernel and its backward
-    the same formulas (the full T x T products, as torch counts them for the other kernels)."""
+    torch's formulas, scaled to the lower triangle when causal (the kernel skips the masked blocks; counting the full
+    T x T products made Llama's FLOP/s exceed the matmul peak at 8k tokens)."""
     from torch.utils import flop_counter as fc
 
     aten = torch.ops.aten
     fwd, bwd = aten._scaled_dot_product_flash_attention_for_cpu, aten._scaled_dot_product_flash_attention_for_cpu_backward
-    if fwd not in fc.flop_registry:
-        fc.register_flop_formula(fwd)(lambda q, k, v, *args, out_shape=None, **kwargs: fc.sdpa_flop_count(q, k, v))
-    if bwd not in fc.flop_registry:
-        fc.register_flop_formula(bwd)(
-            lambda grad_out, q, k, v, *args, out_shape=None, **kwargs: fc.sdpa_backward_flop_count(grad_out, q, k, v))
+
+    def forward(q, k, v, dropout_p=0.0, is_causal=False, *args, out_shape=None, **kwargs):
+        return round(fc.sdpa_flop_count(q, k, v) * _causal_share(q, k, is_causal))
+
+    def backward(grad_out, q, k, v, out, lse, dropout_p, is_causal, *args, out_shape=None, **kwargs):
+        return round(fc.sdpa_backward_flop_count(grad_out, q, k, v) * _causal_share(q, k, is_causal))
+
+    for op, formula in ((fwd, forward), (bwd, backward)):
+        if op not in fc.flop_registry:
+            fc.register_flop_formula(op)(formula)
 
 
 def count_flops(fn) -> int:

@@ -88,16 +88,20 @@ def test_flop_counter_counts_a_matmul():
 
 
 def test_flop_counter_counts_cpu_attention_forward_and_backward():
-    """The CPU flash-attention kernel Llama's sdpa attention runs here: FlopCounterMode alone counts 0 for it."""
+    """The CPU flash-attention kernel Llama's sdpa attention runs here: FlopCounterMode alone counts 0 for it.
+    Causal attention counts the lower triangle of the score matrix (T(T+1)/2 of T^2 entries), full attention all."""
     import torch
 
     q = torch.randn(1, 2, 32, 8, requires_grad=True)
 
-    def fwd():
-        return torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True)
+    def fwd(causal):
+        return torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=causal)
 
-    assert speed.count_flops(fwd) == 2 * (2 * 2 * 32 * 32 * 8)                      # QK^T and PV, 2 heads
-    assert speed.count_flops(lambda: fwd().sum().backward()) == 2 * (2 * 2 * 32 * 32 * 8) * 7 // 2  # + 5 products
+    full = 2 * (2 * 2 * 32 * 32 * 8)                                             # QK^T and PV, 2 heads
+    assert speed.count_flops(lambda: fwd(False)) == full
+    assert speed.count_flops(lambda: fwd(False).sum().backward()) == full * 7 // 2   # + 5 products in backward
+    assert speed.count_flops(lambda: fwd(True)) == full * 33 // 64
+    assert speed.count_flops(lambda: fwd(True).sum().backward()) == full * 7 // 2 * 33 // 64
 
 
 def test_saved_for_backward_counts_activations_once_and_not_parameters():
