@@ -419,6 +419,11 @@ def plot(rows: list[dict], path: Path):
     plt.close(fig)
 
 
+def _pct(fraction: float) -> str:
+    """A percentage that still shows something when it is tiny (Hope on a GPU: 0.03% of the bf16 peak)."""
+    return f"{fraction:.1%}" if fraction >= 1e-3 else f"{fraction:.3%}"
+
+
 def markdown(results: dict) -> str:
     peak = results["matmul_peak"]
     header = ("| preset | tokens | Hope params | Llama params | Hope tok/s | Llama tok/s | Hope / Llama "
@@ -429,7 +434,7 @@ def markdown(results: dict) -> str:
         h, l_ = r["hope"], r["llama"]
         lines.append(f"| {r['preset']} | {r['seq_len_tokens']} | {h['params'] / 1e6:.2f}M | {l_['params'] / 1e6:.2f}M "
                      f"| {h['tokens_per_s']:,.0f} | {l_['tokens_per_s']:,.0f} | {r['hope_over_llama_tokens_per_s']:.3f}x "
-                     f"| {h['fraction_of_matmul_peak']:.1%} | {l_['fraction_of_matmul_peak']:.1%} | "
+                     f"| {_pct(h['fraction_of_matmul_peak'])} | {_pct(l_['fraction_of_matmul_peak'])} | "
                      + (f"{h['aten_calls_per_token']:.0f} / {l_['aten_calls_per_token']:.1f} |"
                         if "aten_calls_per_token" in h else "- |")
                      + (f" {h['saved_activations_bytes_per_token'] / 1024:.1f} / "
@@ -466,7 +471,7 @@ def markdown(results: dict) -> str:
             c = r["hope_compiled"]
             lines.append(f"| {r['preset']} | {r['seq_len_tokens']} | {c['tokens_per_s']:,.0f} "
                          f"| {c['tokens_per_s'] / r['hope']['tokens_per_s']:.2f}x "
-                         f"| {r['hope_compiled_over_llama_tokens_per_s']:.3f}x | {c['fraction_of_matmul_peak']:.1%} "
+                         f"| {r['hope_compiled_over_llama_tokens_per_s']:.3f}x | {_pct(c['fraction_of_matmul_peak'])} "
                          f"| {c['first_call_s']:.0f} |")
     split = [r for r in results["throughput"] if "forward_flops" in r["hope"] and "forward_flops" in r["llama"]]
     if split:
@@ -498,6 +503,7 @@ def markdown(results: dict) -> str:
     for sk in results.get("skipped", []):
         lines.append(f"\nNot measured: {sk['preset']} at {sk['seq_len_tokens']} tokens ({sk['reason']})"
                      + (f"; measured there: {sk['measured']}." if "measured" in sk else "."))
+    lines += [f"\nNote: {note}" for note in results.get("notes", [])]
     m = results["machine"]
     bg = results["settings"].get("background_process")
     if bg:
@@ -621,6 +627,8 @@ def main(argv=None):
     parser.add_argument("--name", default="speed", help="result file name")
     parser.add_argument("--no-reference", action="store_true", help="skip the fast-vs-reference comparison")
     parser.add_argument("--threads", type=int, help="torch threads (default: BENCH_THREADS, else cores - 1)")
+    parser.add_argument("--aten-max-len", type=int, default=512,
+                        help="count aten calls (torch.profiler) at lengths up to this (0: never; slow on a GPU)")
     parser.add_argument("--no-compile", action="store_true", help="skip Hope with compiled memories")
     parser.add_argument("--contention", action="store_true",
                         help="run every case next to one busy background process (default name speed_contention)")
@@ -635,7 +643,7 @@ def main(argv=None):
     name = "speed_contention" if args.contention and args.name == "speed" else args.name
     results = run(out=args.out, batch_size=args.batch_size, device=args.device, name=name,
                   autocast_dtype=torch.bfloat16 if args.bf16 else None, reference=not args.no_reference,
-                  contention=args.contention, compiled=not args.no_compile, **kw)
+                  contention=args.contention, compiled=not args.no_compile, aten_max_len=args.aten_max_len, **kw)
     print(markdown(results))
     print(f"\nwall time {results['wall_time_s']:.0f} s; wrote {Path(args.out) / (name + '.json')}")
 

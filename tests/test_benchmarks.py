@@ -162,6 +162,24 @@ def test_speed_benchmark_measures_checkpointed_hope_where_eager_does_not_fit(tmp
     assert any("saved activations Hope (checkpointed) / Llama, tiny @ 64" in line for line in readme.targets(tmp_path))
 
 
+def test_gpu_speed_results_give_the_mfu_row_and_notes(tmp_path):
+    """gpu_speed.json (written by gpu.sh) adds a GPU MFU row to the targets table, tiny fractions stay visible, and
+    the JSON's notes are printed under its table."""
+    import json
+
+    from benchmarks import readme
+
+    results = speed.run(presets=("tiny",), lengths=(64,), iters=1, budget_s=1.0, out=tmp_path, reference=False,
+                        compiled=False, name="gpu_speed", aten_max_len=0)
+    assert "aten_calls_per_token" not in results["throughput"][0]["hope"]          # aten_max_len=0: no profiler
+    results["throughput"][0]["hope"]["fraction_of_matmul_peak"] = 3.5e-4
+    results["notes"] = ["joined from two runs"]
+    (tmp_path / "gpu_speed.json").write_text(json.dumps(results))
+    assert "| GPU training MFU (bf16), Hope tiny @ 64 | 0.035% | >= 30% (340m @ 2048) | **not met** |" in readme.targets(tmp_path)
+    text = speed.markdown(results)
+    assert "| 0.035% |" in text and "Note: joined from two runs" in text
+
+
 def test_speed_benchmark_keeps_finished_cases_when_a_later_one_fails(tmp_path):
     """A run that dies (here: an empty input at the second length) leaves the finished cases in <name>.partial.json."""
     with pytest.raises(ValueError):
