@@ -5,6 +5,18 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     seed = int(sys.argv[1]); over = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
     steps = int(sys.argv[3]) if len(sys.argv) > 3 else 2000
+    streamact = over.pop("streamact", "silu")
+    if streamact == "linear":   # no SiLU on the q/k/v/gate streams (the output gate keeps its SiLU)
+        import torch.nn.functional as TF
+        from hope_hf import modeling_hope as MH
+        class _F2:
+            def __getattr__(self, name):
+                return getattr(TF, name)
+
+            @staticmethod
+            def silu(x):
+                return x if x.shape[-1] in MH_streams else TF.silu(x)
+        MH.F = _F2()
     conv = over.pop("conv", "identity"); bs = over.pop("bs", 4); kind = over.pop("model", "hope"); lr = over.pop("lr", 3e-3); curr = over.pop("curr", "yes")
     s = recall.settings(False, {"steps": steps, "batch_size": bs, "lr": lr})
     L = s["seq_len"]; lengths = [L * m for m in s["multiples"]]; pc = s["pair_counts"]
@@ -18,6 +30,7 @@ if __name__ == "__main__":
         perm = torch.randperm(ids.shape[0], generator=gen); ids, labels = ids[perm], labels[perm]
     tests = {n: recall.make_data(s["eval_seqs"] * len(pc), n, pc, torch.Generator().manual_seed(1_000_003 * (seed + 1) + n))
              for n in lengths}
+    MH_streams = (config.hidden_size * (4 if config.self_modifying else 3),)
     model = common.build(kind, config, seed, max(lengths))
     if conv != "identity":
         g = torch.Generator().manual_seed(seed + 77)
@@ -27,6 +40,17 @@ if __name__ == "__main__":
             with torch.no_grad():
                 if conv == "random":
                     w.copy_((torch.rand(w.shape, generator=g) * 2 - 1) / math.sqrt(K))
+                elif conv.startswith("kback"):
+                    # k stream (channels D..2D of q, k, v[, gate]) also reads token t-n: kback<n>
+                    D = model.config.hidden_size
+                    w[D:2 * D, -1 - int(conv[5:])] = 1.0
+                elif conv == "kshift":      # H3-style: the k stream sums the previous K-1 tokens, not the current one
+                    D = model.config.hidden_size
+                    w[D:2 * D, :] = 1.0
+                    w[D:2 * D, -1] = 0.0
+                elif conv == "kmean":
+                    D = model.config.hidden_size
+                    w[D:2 * D, :] = 1.0
                 elif conv.startswith("idnoise"):
                     sc = float(conv[7:] or 0.3)
                     w[:, :-1] = torch.randn(w.shape[0], K - 1, generator=g) * sc
@@ -36,7 +60,7 @@ if __name__ == "__main__":
     evals = [recall.evaluate_length(model, *tests[n], pc) for n in lengths]
     probe = [] if kind != "hope" else recall.memory_probe(model, 32, L, 4, torch.Generator().manual_seed(5))
     pr = [{k: [round(x, 2) for x in v] for k, v in p.items() if k in ("cos_kq_match", "cos_kq_other", "cos_q_between_asks", "eta_at_values")} for p in probe]
-    print(json.dumps({"over": over, "conv": conv, "bs": bs, "model": kind, "lr": lr, "curr": curr, "seed": seed, "steps": steps, "train_s": round(time.perf_counter() - t),
+    print(json.dumps({"over": over, "streamact": streamact, "conv": conv, "bs": bs, "model": kind, "lr": lr, "curr": curr, "seed": seed, "steps": steps, "train_s": round(time.perf_counter() - t),
                       "acc": [round(e["accuracy"], 3) for e in evals],
                       "by_pairs": {p: [round(e["accuracy_by_pairs"][str(p)], 2) for e in evals] for p in pc},
                       "probe": pr}))
