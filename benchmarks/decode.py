@@ -24,6 +24,7 @@ from benchmarks.common import (
 )
 from hope_hf import HopeConfig, HopeForCausalLM
 from hope_hf.cache_hope import tree_map
+from hope_hf.modeling_hope import CACHE_FIELD  # the cache's keyword and output field (`cache` on transformers >= 5.24)
 
 
 def state_bytes(cache) -> int:
@@ -56,17 +57,17 @@ def decode(model, prompt_len: int, new_tokens: int, chunk: int = 4096, device="c
     cuda = torch.device(device).type == "cuda"
     with torch.autocast(torch.device(device).type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         for s in range(0, prompt_len, chunk):
-            kw = {"past_key_values": cache} if cache is not None else {}
+            kw = {CACHE_FIELD: cache} if cache is not None else {}
             out = model(input_ids=ids[:, s:s + chunk], use_cache=True, logits_to_keep=1, **kw)
-            cache = out.past_key_values
+            cache = getattr(out, CACHE_FIELD)
         tok = out.logits[:, -1:].argmax(-1)
         times = []
         for _ in range(new_tokens):
             if cuda:
                 torch.cuda.synchronize()
             t = time.perf_counter()
-            out = model(input_ids=tok, past_key_values=cache, use_cache=True, logits_to_keep=1)
-            cache, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            out = model(input_ids=tok, use_cache=True, logits_to_keep=1, **{CACHE_FIELD: cache})
+            cache, tok = getattr(out, CACHE_FIELD), out.logits[:, -1:].argmax(-1)
             if cuda:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t)
