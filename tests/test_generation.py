@@ -13,6 +13,7 @@ from transformers import pipeline
 
 import hope_hf  # noqa: F401
 from hope_hf import HopeCache, HopeConfig, HopeForCausalLM
+from hope_hf.modeling_hope import CACHE_FIELD
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,6 +33,9 @@ def ids(B, T, seed=1):
 
 
 def gen(model, x, **kw):
+    """Greedy generate with logits; a `past_key_values=` cache is passed under transformers' current name."""
+    if "past_key_values" in kw:
+        kw[CACHE_FIELD] = kw.pop("past_key_values")
     args = dict(max_new_tokens=6, do_sample=False, return_dict_in_generate=True, output_logits=True, pad_token_id=0,
                 eos_token_id=None)
     return model.generate(x, **{**args, **kw})
@@ -62,7 +66,7 @@ def test_user_owned_cache_is_filled_in_place():
     model = visible_model()
     prompt, more = ids(1, 17), ids(1, 9, seed=3)
     cache = HopeCache(model.config)
-    s1 = model.generate(prompt, past_key_values=cache, max_new_tokens=5, do_sample=False, pad_token_id=0)
+    s1 = model.generate(prompt, max_new_tokens=5, do_sample=False, pad_token_id=0, **{CACHE_FIELD: cache})
     assert cache.get_seq_length() == s1.shape[1] - 1
     history = torch.cat([s1, more], 1)
     cont = gen(model, history, past_key_values=cache)

@@ -7,6 +7,7 @@ from transformers import AutoModel, pipeline
 
 import hope_hf  # noqa: F401
 from hope_hf import HopeCache, HopeConfig, HopeForCausalLM, HopeModel
+from hope_hf.modeling_hope import CACHE_FIELD
 
 TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, memory_hidden_size=8,
             projection_chunk_size=2, memory_chunk_size=2, cms_chunk_sizes=[2, 4], cms_intermediate_size=32,
@@ -208,7 +209,7 @@ def test_generate_from_inputs_embeds_and_continue(tie):
     # continue from the cache with the embeddings of the whole history: equals one call over that history
     emb = model.get_input_embeddings()
     hist = torch.cat([emb(x), emb(a.sequences)], 1)
-    c = model.generate(inputs_embeds=hist, past_key_values=a.past_key_values, **kw)
+    c = model.generate(inputs_embeds=hist, **{CACHE_FIELD: getattr(a, CACHE_FIELD)}, **kw)
     fresh = model.generate(inputs_embeds=hist, **kw)
     assert torch.equal(c.sequences, fresh.sequences)
     for la, lb in zip(c.logits, fresh.logits):
