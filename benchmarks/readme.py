@@ -113,7 +113,8 @@ def targets(results: Path = RESULTS) -> list[str]:
         if r is not None:
             f = r["hope"]["fraction_of_matmul_peak"]
             rows.append((f"GPU training MFU (bf16), Hope {r['preset']} @ {r['seq_len_tokens']}",
-                         f"{f:.1%}" if f >= 1e-3 else f"{f:.3%}", ">= 30% (340m @ 2048)", _verdict(f, 0.30, True)))
+                         importlib.import_module("benchmarks.speed").percent(f), ">= 30% (340m @ 2048)",
+                         _verdict(f, 0.30, True)))
     for preset in ("tiny", "small"):
         d = _load(results, f"decode_{preset}")
         if d and "targets" in d:

@@ -419,7 +419,7 @@ def plot(rows: list[dict], path: Path):
     plt.close(fig)
 
 
-def _pct(fraction: float) -> str:
+def percent(fraction: float) -> str:
     """A percentage that still shows something when it is tiny (Hope on a GPU: 0.03% of the bf16 peak)."""
     return f"{fraction:.1%}" if fraction >= 1e-3 else f"{fraction:.3%}"
 
@@ -434,7 +434,7 @@ def markdown(results: dict) -> str:
         h, l_ = r["hope"], r["llama"]
         lines.append(f"| {r['preset']} | {r['seq_len_tokens']} | {h['params'] / 1e6:.2f}M | {l_['params'] / 1e6:.2f}M "
                      f"| {h['tokens_per_s']:,.0f} | {l_['tokens_per_s']:,.0f} | {r['hope_over_llama_tokens_per_s']:.3f}x "
-                     f"| {_pct(h['fraction_of_matmul_peak'])} | {_pct(l_['fraction_of_matmul_peak'])} | "
+                     f"| {percent(h['fraction_of_matmul_peak'])} | {percent(l_['fraction_of_matmul_peak'])} | "
                      + (f"{h['aten_calls_per_token']:.0f} / {l_['aten_calls_per_token']:.1f} |"
                         if "aten_calls_per_token" in h else "- |")
                      + (f" {h['saved_activations_bytes_per_token'] / 1024:.1f} / "
@@ -471,7 +471,7 @@ def markdown(results: dict) -> str:
             c = r["hope_compiled"]
             lines.append(f"| {r['preset']} | {r['seq_len_tokens']} | {c['tokens_per_s']:,.0f} "
                          f"| {c['tokens_per_s'] / r['hope']['tokens_per_s']:.2f}x "
-                         f"| {r['hope_compiled_over_llama_tokens_per_s']:.3f}x | {_pct(c['fraction_of_matmul_peak'])} "
+                         f"| {r['hope_compiled_over_llama_tokens_per_s']:.3f}x | {percent(c['fraction_of_matmul_peak'])} "
                          f"| {c['first_call_s']:.0f} |")
     split = [r for r in results["throughput"] if "forward_flops" in r["hope"] and "forward_flops" in r["llama"]]
     if split:
