@@ -436,6 +436,12 @@ def causal_lm_loss(hidden, W, logits, labels, shift_labels=None, num_items_in_ba
                     num_items_in_batch)
 
 
+def _reading_back_breaks(t):
+    """Whether reading `t`'s values back to the host would break what is running: a torch.compile trace (a graph
+    break) or a CUDA graph capture (a synchronisation, which capture forbids). The input value checks skip then."""
+    return torch.compiler.is_compiling() or (t.is_cuda and torch.cuda.is_current_stream_capturing())
+
+
 class HopeModel(HopePreTrainedModel):
     def __init__(self, config: HopeConfig, own_head: bool = True):
         super().__init__(config)
@@ -485,7 +491,7 @@ class HopeModel(HopePreTrainedModel):
                 raise ValueError(f"input_ids must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
             if input_ids.dtype not in (torch.long, torch.int, torch.int16, torch.uint8):
                 raise TypeError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
-            if (not torch.compiler.is_compiling() and input_ids.numel()    # value checks would break tracing
+            if (not _reading_back_breaks(input_ids) and input_ids.numel()
                     and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size)):
                 raise ValueError(f"input_ids must lie in [0, {self.config.vocab_size}); got values in "
                                  f"[{int(input_ids.min())}, {int(input_ids.max())}]")
@@ -502,7 +508,7 @@ class HopeModel(HopePreTrainedModel):
                 raise ValueError(
                     f"attention_mask must be [batch={B}, length>={T}] (the new tokens, or past+new tokens); got "
                     f"{tuple(attention_mask.shape)}")
-            if not torch.compiler.is_compiling() and not bool((attention_mask[:, -T:] != 0).any()):
+            if not _reading_back_breaks(attention_mask) and not bool((attention_mask[:, -T:] != 0).any()):
                 raise ValueError("the attention_mask marks every input position as padding: there is no token to read "
                                  "(generate() builds this mask from pad_token_id when none is passed)")
         return B, T

@@ -175,7 +175,8 @@ def test_gpu_speed_results_give_the_mfu_row_and_notes(tmp_path):
     results["throughput"][0]["hope"]["fraction_of_matmul_peak"] = 3.5e-4
     results["notes"] = ["joined from two runs"]
     (tmp_path / "gpu_speed.json").write_text(json.dumps(results))
-    assert "| GPU training MFU (bf16), Hope tiny @ 64 | 0.035% | >= 30% (340m @ 2048) | **not met** |" in readme.targets(tmp_path)
+    row = "| GPU training MFU (bf16), Hope tiny @ 64, eager | 0.035% | >= 30% (340m @ 2048) | **not met** |"
+    assert row in readme.targets(tmp_path)
     text = speed.markdown(results)
     assert "| 0.035% |" in text and "Note: joined from two runs" in text
 
@@ -189,3 +190,51 @@ def test_speed_benchmark_keeps_finished_cases_when_a_later_one_fails(tmp_path):
     partial = json.loads((tmp_path / "speed.partial.json").read_text())
     assert [(r["preset"], r["seq_len_tokens"]) for r in partial["throughput"]] == [("tiny", 64)]
     assert partial["throughput"][0]["hope"]["tokens_per_s"] > 0
+
+
+def test_cuda_graph_cases_join_with_their_llama_and_give_the_best_mfu_row(tmp_path):
+    """`benchmarks.cuda_graphs collect` (gpu.sh, on a GPU) joins per-process cases: each next to the Llama of its
+    preset, length and batch, as a fraction of the best measured peak with eager Hope's FLOPs at that chunk size; the
+    README's MFU row takes the largest Hope measured, its best way of running. (The capture itself needs CUDA.)"""
+    from benchmarks import cuda_graphs, readme
+
+    def measure(tokens_per_s, tokens=2048, **extra):
+        return {"tokens_per_s": tokens_per_s, "median_s": tokens / tokens_per_s, **extra}
+
+    def case(model, preset, params, chunk, eager, graphed, flops=None, peak=400e12):
+        c = {"label": f"{model}_{preset}_c{chunk}", "model": model, "preset": preset, "chunk": chunk, "params": params,
+             "compiled": False, "seq_len_tokens": 2048, "batch_size": 1, "gpu": "GPU", "wall_time_s": 10.0,
+             "matmul_peak": {"flops_per_s": peak}, "machine": {"cpu_count": 16, "torch": "2.x"},
+             "eager": measure(eager, **({"flops_per_step": flops} if flops else {}))}
+        if graphed:
+            c["graphed"] = measure(graphed, loss_eager=10.5, loss_replayed=10.5)
+        else:
+            c["graphed_error"] = "RuntimeError: operation not permitted when stream is capturing"
+        return c
+
+    cases = [case("llama", "small", 35e6, None, 100_000, 400_000, 2e11),
+             case("hope", "small", 35e6, 64, 250, 2_500, 5e11, peak=500e12),
+             case("hope", "small", 35e6, 256, 1_000, None, 1e12),
+             case("llama", "340m", 386e6, None, 20_000, 80_000, 2e12),
+             case("hope", "340m", 385e6, 256, 300, 1_900, 8e12)]
+    for c in cases:
+        (tmp_path / f"case_{c['label']}.json").write_text(json.dumps(c))
+    results = cuda_graphs.collect(tmp_path, tmp_path / "out")
+    assert results["matmul_peak"]["flops_per_s"] == 500e12 and results["wall_time_s"] == 50.0
+    assert [c["label"] for c in results["cases"]] == ["hope_small_c64", "hope_small_c256", "llama_small_cNone",
+                                                      "hope_340m_c256", "llama_340m_cNone"]
+    hope = results["cases"][0]
+    assert hope["graphed_over_llama_graphed_tokens_per_s"] == pytest.approx(2_500 / 400_000)
+    assert hope["eager_over_llama_eager_tokens_per_s"] == pytest.approx(250 / 100_000)
+    assert hope["graphed_fraction_of_matmul_peak"] == pytest.approx(5e11 * 2_500 / 2048 / 500e12)
+    assert "graphed" not in results["cases"][1] and "graphed_fraction_of_matmul_peak" not in results["cases"][1]
+    assert results["cases"][1]["eager_fraction_of_matmul_peak"] == pytest.approx(1e12 * 1_000 / 2048 / 500e12)
+    assert (tmp_path / "out" / "gpu_graphs.png").stat().st_size > 0
+    text = cuda_graphs.markdown(results)
+    assert "| hope_small_c64 | 35.0M | 250 | 2,500 | 10.0x | 0.006x |" in text
+    assert "(RuntimeError: operation not permitted when stream is capturing)" in text
+    (tmp_path / "out" / "gpu_graphs.json").rename(tmp_path / "gpu_graphs.json")
+    what, fraction = readme.gpu_mfu(tmp_path)
+    assert what == "Hope 340m (chunks 256) @ 2048, one CUDA graph per step"
+    assert fraction == pytest.approx(8e12 * 1_900 / 2048 / 500e12)
+    assert any("GPU training speed, whole step as one CUDA graph" in line for line in readme.sections(tmp_path))
