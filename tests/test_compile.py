@@ -58,3 +58,43 @@ def test_compiled_memories_train_like_eager():
     for a, b in zip(eager[1], compiled[1]):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
     torch._dynamo.reset()
+
+
+class HostReads(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the operators that bring a tensor's value to the host (a Python number or bool, or an output whose
+    shape depends on the values): each would be a device synchronisation, which a CUDA graph capture forbids."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        reads_tensor = any(isinstance(a, torch.Tensor) for a in args)          # (not e.g. promote_types(dtype, dtype))
+        scalar = any(str(r.type) in ("bool", "number", "int", "float", "SymInt") for r in func._schema.returns)
+        if reads_tensor and scalar or any(name in func.__name__ for name in ("nonzero", "masked_select", "unique")):
+            self.reads.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_fresh_unpadded_training_step_reads_nothing_back_to_the_host(monkeypatch):
+    """What lets `benchmarks.cuda_graphs` capture a whole training step (forward, loss, backward) as one CUDA graph: a
+    fresh unpadded batch takes the static path, which reads no value back to the host once the input value checks are
+    off (they are while a graph captures, `_reading_back_breaks`). A padded batch reads its frame from the mask."""
+    from hope_hf import modeling_hope
+
+    model, ids = _model_and_batch()
+    with HostReads() as spy:                          # the checks of input ids are host reads (outside a capture)
+        model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+    assert spy.reads
+    monkeypatch.setattr(modeling_hope, "_reading_back_breaks", lambda t: True)
+    for checkpointed in (False, True):
+        if checkpointed:
+            model.activation_checkpointing_enable()
+        with HostReads() as spy:
+            model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+        assert spy.reads == [], spy.reads
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    with HostReads() as spy:
+        model(input_ids=ids, attention_mask=mask, labels=ids, use_cache=False).loss.backward()
+    assert "_local_scalar_dense.default" in spy.reads
