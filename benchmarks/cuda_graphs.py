@@ -7,11 +7,13 @@
 On a GPU Hope is launch bound (`gpu_speed.json`: small does ~250k kernel launches per 512-token step, ~8 us of host
 time each, so the step time follows the number of memory chunks, not the FLOPs). A CUDA graph replays every kernel of
 a captured step without the host: what is left is the GPU's own time per kernel. A fresh unpadded batch takes Hope's
-static path (no value read back to the host: design.md "static"), so the whole step can be captured, as can Llama's.
+static path (no value read back to the host; pinned by tests/test_compile.py), so the whole step can be captured, as
+can Llama's.
 
 `case` measures one model in one process (a failed capture can leave the CUDA context unusable, so each case runs
 alone): eager tokens/s (or, with `--compile`, with compiled memories, `compile_memories`), then the same step
-captured (`capture_step`) and replayed, with the replayed loss and gradient norm checked against the eager ones.
+captured (`capture_step`) and replayed, with the replayed loss and gradient norm checked against the eager ones, and
+the loss replayed on other ids (copied into the captured input) against an eager forward on them.
 `--chunk C` sets Hope's projection and memory chunks and its smallest CMS level to C (fewer, larger chunks: fewer
 launches per token). `collect` joins the cases into `gpu_graphs.json` and `gpu_graphs.png`. bf16 autocast throughout.
 `benchmarks/gpu.sh` runs the cases that fit one lease.
@@ -91,13 +93,21 @@ def graphed_throughput(model, seq_len: int, batch_size: int, iters: int, budget_
     graph.replay()
     torch.cuda.synchronize()
     replay_loss, replay_norm = float(loss), _grad_norm(model)
+    other = torch.randint_like(ids, 3, model.config.vocab_size)
+    ids.copy_(other)                                             # the graph reads whatever the input buffer holds
+    graph.replay()
+    other_replayed = float(loss)
+    with torch.autocast("cuda", dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None,
+                        cache_enabled=False):                    # (with grad, as captured: no recompilation)
+        other_eager = float(model(input_ids=other, labels=other, use_cache=False).loss)
     times = time_iters(graph.replay, iters, budget_s, warmup=False, device="cuda")
     med = statistics.median(times)
     return {"seq_len_tokens": seq_len, "batch_size": batch_size, "timed_iters": len(times), "times_s": times,
             "median_s": med, "tokens_per_s": batch_size * seq_len / med, "first_call_s": first,
             "peak_memory_bytes": torch.cuda.max_memory_allocated(),
             "loss_eager": eager_loss, "loss_replayed": replay_loss,
-            "grad_norm_eager": eager_norm, "grad_norm_replayed": replay_norm}
+            "grad_norm_eager": eager_norm, "grad_norm_replayed": replay_norm,
+            "loss_other_ids_eager": other_eager, "loss_other_ids_replayed": other_replayed}
 
 
 def case(model_kind: str, preset: str, seq_len: int, batch_size: int, chunk: int | None, compiled: bool, out: Path,
@@ -125,7 +135,8 @@ def case(model_kind: str, preset: str, seq_len: int, batch_size: int, chunk: int
     g = row.get("graphed")
     print(label, f"{base['tokens_per_s']:,.0f} tok/s", f"graphed {g['tokens_per_s']:,.0f} tok/s (capture "
           f"{g['first_call_s']:.1f} s; loss {g['loss_eager']:.5f} / {g['loss_replayed']:.5f}; grad norm "
-          f"{g['grad_norm_eager']:.5f} / {g['grad_norm_replayed']:.5f}; peak {g['peak_memory_bytes'] / 2**30:.1f} GiB)"
+          f"{g['grad_norm_eager']:.5f} / {g['grad_norm_replayed']:.5f}; other ids {g['loss_other_ids_eager']:.5f} / "
+          f"{g['loss_other_ids_replayed']:.5f}; peak {g['peak_memory_bytes'] / 2**30:.1f} GiB)"
           if g else row["graphed_error"])
     return row
 
