@@ -100,39 +100,50 @@ def dgd_chunk(W0, S0, A, E, rho, log_alpha, log_beta=None, write=None, gates=Non
     """
     g = gates if gates is not None else chunk_gates(log_alpha, log_beta, write, rho)
     C = A.shape[-2]
-    At = A.transpose(-1, -2)
     D0 = W0 if prior is None else W0 - prior
-    W = g["b_end"] * D0 + (E * g["G_end"]).transpose(-1, -2) @ A
+    momentum = g["c_end"] is not None
+    # the rows whose reads are needed, stacked so that each product below is one matmul for all of them: the
+    # queries X, and the keys A themselves when DGD needs y_t = W_{t-1} a_t
+    rows = ([] if X is None else [X]) + ([] if rho is None else [A])
+    twice = (lambda m: torch.cat([m, m], -2)) if len(rows) == 2 else (lambda m: m)
+    read = Y = None
+    if rows:
+        Z = rows[0] if len(rows) == 1 else torch.cat(rows, -2)                  # [..., r C, in]
+        # b_{t-1} D0 + P + c_{t-1} S0 read by every row in one product, the three summed over a stacked inner dim
+        parts, states = [twice(g["b_prev"]) * Z], [D0]
+        if prior is not None:
+            parts.append(Z)
+            states.append(prior.expand_as(D0))
+        if momentum:
+            parts.append(twice(g["c_prev"]) * Z)
+            states.append(S0)
+        start = parts[0] @ D0.transpose(-1, -2) if len(parts) == 1 else \
+            torch.cat(parts, -1) @ torch.cat(states, -1).transpose(-1, -2)
+        QK = Z @ A.transpose(-1, -2)                                            # [X; A] A^T: Q and K
+        R = start + (twice(g["G_prev"]) * QK) @ E                               # reads without the DGD sum
+        if rho is not None:
+            K, RA = QK[..., -C:, :], R[..., -C:, :]
+            T = torch.eye(C, dtype=A.dtype, device=A.device) + g["Lb_prev_rho"] * K
+            if T.dtype in (torch.float16, torch.bfloat16):              # no half-precision triangular solve
+                Y = torch.linalg.solve_triangular(T.float(), RA.float(), upper=False, unitriangular=True).to(R.dtype)
+            else:
+                Y = torch.linalg.solve_triangular(T, RA, upper=False, unitriangular=True)
+        if X is not None:
+            read = R[..., :C, :]
+            if Y is not None:
+                read = read - (g["Lb_prev_rho"] * QK[..., :C, :]) @ Y
+    # W's and S's sums over the chunk's outer products with A, one product for both
+    coef = E * g["G_end"] if Y is None else E * g["G_end"] - Y * g["Lb_end_rho"]
+    out = E.shape[-1]
+    if momentum:
+        both = torch.cat([coef, E * g["LB_end"]], -1).transpose(-1, -2) @ A     # [..., 2 out, in]
+        W = g["b_end"] * D0 + both[..., :out, :] + g["c_end"] * S0
+        S = g["B_end"] * S0 + both[..., out:, :]
+    else:
+        W = g["b_end"] * D0 + coef.transpose(-1, -2) @ A
+        S = E[..., -1, :].unsqueeze(-1) * A[..., -1, :].unsqueeze(-2)
     if prior is not None:
         W = W + prior
-    if g["c_end"] is not None:
-        W = W + g["c_end"] * S0
-
-    def reads_without_dgd(X):
-        """W_{t-1} x_t for every row x_t of X without the DGD sum (which needs Y), and Q = X A^T."""
-        Q = X @ At
-        R = g["b_prev"] * (X @ D0.transpose(-1, -2)) + (g["G_prev"] * Q) @ E
-        if prior is not None:
-            R = R + X @ prior.transpose(-1, -2)
-        if g["c_end"] is not None:
-            R = R + g["c_prev"] * (X @ S0.transpose(-1, -2))
-        return R, Q
-
-    read, Q = reads_without_dgd(X) if X is not None else (None, None)
-    if rho is not None:
-        R, K = reads_without_dgd(A)
-        T = torch.eye(C, dtype=A.dtype, device=A.device) + g["Lb_prev_rho"] * K
-        if T.dtype in (torch.float16, torch.bfloat16):                  # no half-precision triangular solve
-            Y = torch.linalg.solve_triangular(T.float(), R.float(), upper=False, unitriangular=True).to(R.dtype)
-        else:
-            Y = torch.linalg.solve_triangular(T, R, upper=False, unitriangular=True)
-        W = W - (Y * g["Lb_end_rho"]).transpose(-1, -2) @ A
-        if X is not None:
-            read = read - (g["Lb_prev_rho"] * Q) @ Y
-    if g["c_end"] is None:
-        S = E[..., -1, :].unsqueeze(-1) * A[..., -1, :].unsqueeze(-2)
-    else:
-        S = g["B_end"] * S0 + (E * g["LB_end"]).transpose(-1, -2) @ A
     return W, S, read
 
 
@@ -153,15 +164,21 @@ def mlp_memory(W1, W2, z):
     return z + _unit(F.silu(z @ W2.transpose(-1, -2)))[0] @ W1.transpose(-1, -2)
 
 
-def memory_errors(W1, W2, k, vhat, objective="l2"):
-    """Closed-form inner-loss gradients of M at keys k, targets vhat: returns (n, delta1, delta2).
+def memory_errors(W1, W2, k, v, objective="l2", self_target=True):
+    """Closed-form inner-loss gradients of M at keys k: returns (n, delta1, delta2).
 
+    The target is vhat = M(v) (self-generated, Eq. 87), or v itself with `self_target=False` (plain Titans).
     L = 1/2 ||M(k) - vhat||^2 ("l2", Eq. 88/93) or -<M(k), vhat> ("dot", Eq. 92). The gradient is
-    delta1 n^T for W1 (input n = unit(silu(W2 k))) and delta2 k^T for W2."""
-    pre = k @ W2.transpose(-1, -2)
-    n, inv = _unit(F.silu(pre))
+    delta1 n^T for W1 (input n = unit(silu(W2 k))) and delta2 k^T for W2. M(k) and M(v) come from one stacked pass."""
+    c = k.shape[-2]
+    z = torch.cat([k, v], -2) if self_target else k
+    pre_all = z @ W2.transpose(-1, -2)
+    n_all, inv_all = _unit(F.silu(pre_all))
+    M = z + n_all @ W1.transpose(-1, -2)
+    pre, n, inv = pre_all[..., :c, :], n_all[..., :c, :], inv_all[..., :c, :]
+    vhat = M[..., c:, :] if self_target else v
     if objective == "l2":
-        r = k + n @ W1.transpose(-1, -2) - vhat
+        r = M[..., :c, :] - vhat
     else:
         r = -vhat.expand(*pre.shape[:-1], vhat.shape[-1])
     gn = r @ W1                                                                   # dL/dn
@@ -204,11 +221,12 @@ def _masked_gates(eta, log_alpha, log_beta, mask):
     return eta, log_alpha, log_beta
 
 
-def memory_update(state, k, vhat, eta, log_alpha, log_beta, mask, objective, use_dgd, reference=False, query=None,
-                  prior=None):
+def memory_update(state, k, v, eta, log_alpha, log_beta, mask, objective, use_dgd, reference=False, query=None,
+                  prior=None, self_target=True):
     """Write tokens [k, vhat] into a memory group; gradients use the chunk-start state (W1r, W2r) (Eq. 90-91).
 
-    state tensors: [B, H, n, ...]; k: [B, H, 1, c, d]; vhat: [B, H, n, c, d]; eta, log_alpha: [B, H, c];
+    The targets are vhat = M_{chunk start}(v) (self-generated, Eq. 87), or v with `self_target=False`.
+    state tensors: [B, H, n, ...]; k, v: [B, H, 1, c, d]; eta, log_alpha: [B, H, c];
     log_beta: [H] or None; mask: [B, c] or None (all real). With `query` [B, H, n, c, d] also returns the reads
     M_{t-1}(q_t) of the running state before each position's own write and after every earlier one (Eq. 86/94;
     design.md A1), else None. `prior`: (P1, P2), the states the retention pulls W1, W2 back to (None: zero).
@@ -218,7 +236,7 @@ def memory_update(state, k, vhat, eta, log_alpha, log_beta, mask, objective, use
     P1, P2 = (None, None) if prior is None else prior
     new = dict(state)
     if not reference:
-        h, d1, d2 = memory_errors(state["W1r"], state["W2r"], k, vhat, objective)
+        h, d1, d2 = memory_errors(state["W1r"], state["W2r"], k, v, objective, self_target)
         if k.shape[-2] == 1:                     # one token (decoding): the step itself, gradient delta a^T
             read = None if query is None else mlp_memory(state["W1"], state["W2"], query)
             e, w = eta_m[..., 0], _write(mask, k.dtype, 0)
@@ -244,6 +262,7 @@ def memory_update(state, k, vhat, eta, log_alpha, log_beta, mask, objective, use
             new["S1"], new["S2"] = S1, S2
         return new, read
     reads = []
+    vhat = mlp_memory(state["W1r"], state["W2r"], v) if self_target else v
     with torch.enable_grad():
         # fresh aliases: the gradient is taken w.r.t. M only where M is applied to k (vhat is a fixed target)
         W1r, W2r = (w.view_as(w) if w.requires_grad else w.detach().requires_grad_()
@@ -330,9 +349,8 @@ def projection_memories(params, state, u, mask, offset, cfg, reference=False):
         gate = torch.sigmoid((r[:, :, 2] * eta_w).sum(-1) + eta_b)
         eta = torch.minimum(eta_max * gate, (1 + log_alpha.exp()) / 2)          # |alpha - 2 eta| <= 1 (A6)
         q = F.normalize(r[:, :, 4], dim=-1) if r.shape[2] > 4 else None
-        vhat = mlp_memory(state["W1r"], state["W2r"], v.unsqueeze(2))           # self-generated values (Eq. 87)
         own_eta = projection_eta(eta * params["lr_scale"][:, None], log_alpha, params["log_beta"])
-        state, _ = memory_update(state, k.unsqueeze(2), vhat, own_eta, log_alpha, params["log_beta"],
+        state, _ = memory_update(state, k.unsqueeze(2), v.unsqueeze(2), own_eta, log_alpha, params["log_beta"],
                                  _cols(mask, f, f_end), cfg["memory_objective"], cfg["use_dgd"], reference, prior=M0)
         state = _commit_reads(state, (offset + f_end) % chunk == 0, mask, f_end)
         outs.append((k, v, q, eta, log_alpha))
@@ -357,11 +375,10 @@ def output_memory(params, state, k, v, q, eta, log_alpha, mask, offset, cfg, ref
     M0 = (params["W1"][None], params["W2"][None])
     outs = []
     for f, f_end in _column_ranges(q.shape[2], offset, chunk, reference):
-        vc = v[:, :, None, f:f_end]
-        vhat = mlp_memory(state["W1r"], state["W2r"], vc) if cfg["self_modifying"] else vc
-        state, o = memory_update(state, k[:, :, None, f:f_end], vhat, eta[..., f:f_end], log_alpha[..., f:f_end],
+        state, o = memory_update(state, k[:, :, None, f:f_end], v[:, :, None, f:f_end], eta[..., f:f_end], log_alpha[..., f:f_end],
                                  params["log_beta"], _cols(mask, f, f_end), cfg["memory_objective"], cfg["use_dgd"],
-                                 reference, query=q[:, :, None, f:f_end], prior=M0)
+                                 reference, query=q[:, :, None, f:f_end], prior=M0,
+                                 self_target=cfg["self_modifying"])
         state = _commit_reads(state, (offset + f_end) % chunk == 0, mask, f_end)
         outs.append(o[:, :, 0])
     return torch.cat(outs, dim=2), state
