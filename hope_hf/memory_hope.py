@@ -387,23 +387,30 @@ def output_memory(params, state, k, v, q, eta, log_alpha, mask, offset, cfg, ref
 # ------------------------------------------------------------------ Continuum Memory System (NeurIPS Eq. 30-31)
 
 
-def cms_mlp(theta, x):
-    """One CMS level's SiLU-gated MLP. theta = (W_gate [.., I, D], W_up [.., I, D], W_down [.., D, I])."""
-    Wg, Wu, Wd = theta
-    return (F.silu(x @ Wg.transpose(-1, -2)) * (x @ Wu.transpose(-1, -2))) @ Wd.transpose(-1, -2)
+def cms_preacts(theta, x):
+    """The pre-activations (x W_gate^T, x W_up^T) of a CMS level's MLP, shared by its output and its gradient sum."""
+    return x @ theta[0].transpose(-1, -2), x @ theta[1].transpose(-1, -2)
 
 
-def cms_grad(theta, x, u):
+def cms_mlp(theta, x, ab=None):
+    """One CMS level's SiLU-gated MLP. theta = (W_gate [.., I, D], W_up [.., I, D], W_down [.., D, I]); `ab`: its
+    `cms_preacts` at x when already computed."""
+    a, b = cms_preacts(theta, x) if ab is None else ab
+    return (F.silu(a) * b) @ theta[2].transpose(-1, -2)
+
+
+def cms_grad(theta, x, u, ab=None):
     """sum_t grad_theta <MLP_theta(x_t), u_t> in closed form, per sample (NeurIPS Eq. 31's f for one chunk).
 
-    x, u: [B, T, D] (u = 0 where a position has no teach signal). Returns per-sample (dW_gate, dW_up, dW_down)."""
-    Wg, Wu, Wd = theta
-    a, b = x @ Wg.transpose(-1, -2), x @ Wu.transpose(-1, -2)
+    x, u: [B, T, D] (u = 0 where a position has no teach signal); `ab`: the forward's `cms_preacts` at x with the
+    same theta (theta is constant inside a chunk), else recomputed. Returns per-sample (dW_gate, dW_up, dW_down)."""
+    a, b = cms_preacts(theta, x) if ab is None else ab
     sig = torch.sigmoid(a)
     s = a * sig
-    g = u @ Wd                                                                   # W_down^T u_t
+    g = u @ theta[2]                                                             # W_down^T u_t
     dgate = g * b * sig * (1 + a * (1 - sig))                                     # through silu'(a)
-    return (dgate.transpose(-1, -2) @ x, (g * s).transpose(-1, -2) @ x, u.transpose(-1, -2) @ (s * b))
+    d_gate_up = torch.cat([dgate, g * s], -1).transpose(-1, -2) @ x              # both input-side layers at once
+    return (*d_gate_up.chunk(2, -2), u.transpose(-1, -2) @ (s * b))
 
 
 def cms_grad_reference(theta, x, u):

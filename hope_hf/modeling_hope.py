@@ -29,7 +29,7 @@ from transformers.utils import can_return_tuple, logging
 
 from .cache_hope import HopeCache, signature
 from .configuration_hope import HopeConfig
-from .memory_hope import (cms_grad, cms_grad_reference, cms_mlp, init_memory_state, output_memory,
+from .memory_hope import (cms_grad, cms_grad_reference, cms_mlp, cms_preacts, init_memory_state, output_memory,
                           projection_memories)
 
 logger = logging.get_logger(__name__)
@@ -181,8 +181,11 @@ class HopeCMSLevel(nn.Module):
         return (self.gate, self.up, self.down)
 
     def forward(self, x, theta):
+        """Returns (x + g MLP_theta(norm x), the level's input packed with its pre-activations [.., D + 2 I]): the
+        gradient sum of Eq. 31 reuses them (theta is constant until the chunk's commit)."""
         xin = self.norm(x)
-        return x + self.out_scale * cms_mlp(theta, xin), xin
+        ab = cms_preacts(theta, xin)
+        return x + self.out_scale * cms_mlp(theta, xin, ab), torch.cat([xin, *ab], -1)
 
 
 class HopeBlock(GradientCheckpointingLayer):
@@ -197,7 +200,8 @@ class HopeBlock(GradientCheckpointingLayer):
 
     def init_state(self, batch_size, device, dtype):
         state = self.memory.init_state(batch_size, device, dtype)
-        state["cms"] = [{"x_pend": torch.zeros(batch_size, lvl.gate.shape[1], device=device, dtype=dtype),
+        state["cms"] = [{"x_pend": torch.zeros(batch_size, lvl.gate.shape[1] + 2 * lvl.gate.shape[0], device=device,
+                                               dtype=dtype),
                          "commits": torch.zeros(batch_size, dtype=torch.long, device=device)} for lvl in self.cms]
         return state
 
@@ -240,12 +244,14 @@ class HopeBlock(GradientCheckpointingLayer):
     def _accumulate_levels(self, cms_state, level_inputs, u, active, reference=False):
         """Add sum_t grad_theta <MLP_theta(x_t), u_t> of the given positions to each active level's pending sum
         (NeurIPS Eq. 31's f for the positions whose teach signal `u` is known)."""
-        grad_fn = cms_grad_reference if reference else cms_grad
         out = []
-        for lvl, lv, xin, on in zip(self.cms, cms_state, level_inputs, active):
+        for lvl, lv, packed, on in zip(self.cms, cms_state, level_inputs, active):
             lv = dict(lv)
             if on:
-                g = grad_fn(lv.get("theta", lvl.theta0()), xin, u)
+                I, D = lvl.gate.shape
+                xin, a, b = packed.split([D, I, I], -1)                 # HopeCMSLevel.forward's packed inputs
+                theta = lv.get("theta", lvl.theta0())
+                g = cms_grad_reference(theta, xin, u) if reference else cms_grad(theta, xin, u, (a, b))
                 lv["grad"] = g if "grad" not in lv else tuple(a + b for a, b in zip(lv["grad"], g))
             out.append(lv)
         return out
