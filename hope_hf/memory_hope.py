@@ -375,10 +375,10 @@ def output_memory(params, state, k, v, q, eta, log_alpha, mask, offset, cfg, ref
     M0 = (params["W1"][None], params["W2"][None])
     outs = []
     for f, f_end in _column_ranges(q.shape[2], offset, chunk, reference):
-        state, o = memory_update(state, k[:, :, None, f:f_end], v[:, :, None, f:f_end], eta[..., f:f_end], log_alpha[..., f:f_end],
-                                 params["log_beta"], _cols(mask, f, f_end), cfg["memory_objective"], cfg["use_dgd"],
-                                 reference, query=q[:, :, None, f:f_end], prior=M0,
-                                 self_target=cfg["self_modifying"])
+        state, o = memory_update(state, k[:, :, None, f:f_end], v[:, :, None, f:f_end], eta[..., f:f_end],
+                                 log_alpha[..., f:f_end], params["log_beta"], _cols(mask, f, f_end),
+                                 cfg["memory_objective"], cfg["use_dgd"], reference, query=q[:, :, None, f:f_end],
+                                 prior=M0, self_target=cfg["self_modifying"])
         state = _commit_reads(state, (offset + f_end) % chunk == 0, mask, f_end)
         outs.append(o[:, :, 0])
     return torch.cat(outs, dim=2), state

@@ -249,9 +249,9 @@ class HopeBlock(GradientCheckpointingLayer):
             lv = dict(lv)
             if on:
                 I, D = lvl.gate.shape
-                xin, a, b = packed.split([D, I, I], -1)                 # HopeCMSLevel.forward's packed inputs
+                xin, *preacts = packed.split([D, I, I], -1)             # HopeCMSLevel.forward's packed inputs
                 theta = lv.get("theta", lvl.theta0())
-                g = cms_grad_reference(theta, xin, u) if reference else cms_grad(theta, xin, u, (a, b))
+                g = cms_grad_reference(theta, xin, u) if reference else cms_grad(theta, xin, u, preacts)
                 lv["grad"] = g if "grad" not in lv else tuple(a + b for a, b in zip(lv["grad"], g))
             out.append(lv)
         return out
