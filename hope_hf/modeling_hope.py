@@ -182,10 +182,21 @@ class HopeCMSLevel(nn.Module):
 
     def forward(self, x, theta):
         """Returns (x + g MLP_theta(norm x), the level's input packed with its pre-activations [.., D + 2 I]): the
-        gradient sum of Eq. 31 reuses them (theta is constant until the chunk's commit)."""
+        gradient sum of Eq. 31 reuses them (theta is constant until the chunk's commit); `unpack` splits them."""
         xin = self.norm(x)
         ab = cms_preacts(theta, xin)
         return x + self.out_scale * cms_mlp(theta, xin, ab), torch.cat([xin, *ab], -1)
+
+    @property
+    def packed_size(self):
+        """Width of `forward`'s packed input, D + 2 I."""
+        return self.gate.shape[1] + 2 * self.gate.shape[0]
+
+    def unpack(self, packed):
+        """`forward`'s packed input -> (x, (x W_gate^T, x W_up^T))."""
+        I, D = self.gate.shape
+        xin, *preacts = packed.split([D, I, I], -1)
+        return xin, preacts
 
 
 class HopeBlock(GradientCheckpointingLayer):
@@ -200,8 +211,7 @@ class HopeBlock(GradientCheckpointingLayer):
 
     def init_state(self, batch_size, device, dtype):
         state = self.memory.init_state(batch_size, device, dtype)
-        state["cms"] = [{"x_pend": torch.zeros(batch_size, lvl.gate.shape[1] + 2 * lvl.gate.shape[0], device=device,
-                                               dtype=dtype),
+        state["cms"] = [{"x_pend": torch.zeros(batch_size, lvl.packed_size, device=device, dtype=dtype),
                          "commits": torch.zeros(batch_size, dtype=torch.long, device=device)} for lvl in self.cms]
         return state
 
@@ -248,8 +258,7 @@ class HopeBlock(GradientCheckpointingLayer):
         for lvl, lv, packed, on in zip(self.cms, cms_state, level_inputs, active):
             lv = dict(lv)
             if on:
-                I, D = lvl.gate.shape
-                xin, *preacts = packed.split([D, I, I], -1)             # HopeCMSLevel.forward's packed inputs
+                xin, preacts = lvl.unpack(packed)
                 theta = lv.get("theta", lvl.theta0())
                 g = cms_grad_reference(theta, xin, u) if reference else cms_grad(theta, xin, u, preacts)
                 lv["grad"] = g if "grad" not in lv else tuple(a + b for a, b in zip(lv["grad"], g))
