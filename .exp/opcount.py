@@ -1,19 +1,11 @@
 """Count aten calls per token (fwd+bwd) by op name, forward vs backward, for a preset at one length.
 usage: OMP_NUM_THREADS=1 PYTHONPATH=. python .exp/opcount.py tiny 512"""
-import sys, collections, time
+import sys, collections
 import torch
-from benchmarks.speed import hope_preset, next_token_loss
-from torch.profiler import profile, ProfilerActivity
+from benchmarks.speed import hope_preset, profiled_step
 torch.manual_seed(0)
 preset, T = sys.argv[1], int(sys.argv[2])
-model = hope_preset(preset)
-loss = next_token_loss(model, T)
-def step():
-    model.zero_grad(set_to_none=True); loss().backward()
-step()
-t0 = time.perf_counter(); step(); print("step s", time.perf_counter() - t0)
-with profile(activities=[ProfilerActivity.CPU]) as prof:
-    step()
+prof = profiled_step(hope_preset(preset), T)
 ev = [e for e in prof.events() if e.name.startswith("aten::")]
 top = [e for e in ev if not (e.cpu_parent is not None and e.cpu_parent.name.startswith("aten::"))]
 def inbwd(e):

@@ -3,8 +3,8 @@ available: we count forward ops in the region, and backward nodes whose forward 
 usage: OMP_NUM_THREADS=1 PYTHONPATH=. python .exp/opregion.py tiny 512"""
 import sys, collections
 import torch
-from torch.profiler import profile, ProfilerActivity, record_function
-from benchmarks.speed import hope_preset, next_token_loss
+from torch.profiler import record_function
+from benchmarks.speed import hope_preset, profiled_step
 import hope_hf.memory_hope as mh
 import hope_hf.modeling_hope as mo
 
@@ -19,13 +19,7 @@ for n in ["dgd_chunk", "memory_errors", "chunk_gates", "projection_memories", "o
     if hasattr(mo, n): setattr(mo, n, getattr(mh, n))
 torch.manual_seed(0)
 preset, T = sys.argv[1], int(sys.argv[2])
-model = hope_preset(preset)
-loss = next_token_loss(model, T)
-def step():
-    model.zero_grad(set_to_none=True); loss().backward()
-step()
-with profile(activities=[ProfilerActivity.CPU]) as prof:
-    step()
+prof = profiled_step(hope_preset(preset), T)
 ev = [e for e in prof.events() if e.name.startswith("aten::")]
 def region(e):
     p, names = e.cpu_parent, []

@@ -146,10 +146,8 @@ def next_token_loss(model, seq_len: int, batch_size: int = 1, device="cpu"):
     return lambda: model(input_ids=ids, labels=ids, use_cache=False).loss
 
 
-def aten_calls(model, seq_len: int, batch_size: int = 1, device="cpu") -> dict:
-    """aten operator calls of one forward + backward (next-token loss) after a warm-up call, counted by
-    torch.profiler: every `aten::` event (calls made inside other aten ops included, the issue's measure) and the
-    top-level ones (made from Python or autograd), each per token of the batch."""
+def profiled_step(model, seq_len: int, batch_size: int = 1, device="cpu"):
+    """torch.profiler's record of one forward + backward (next-token loss) after a warm-up call."""
     from torch.profiler import ProfilerActivity, profile
 
     loss = next_token_loss(model, seq_len, batch_size, device)
@@ -161,6 +159,14 @@ def aten_calls(model, seq_len: int, batch_size: int = 1, device="cpu") -> dict:
     step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
+    return prof
+
+
+def aten_calls(model, seq_len: int, batch_size: int = 1, device="cpu") -> dict:
+    """aten operator calls of one forward + backward (`profiled_step`): every `aten::` event (calls made inside other
+    aten ops included, the issue's measure) and the top-level ones (made from Python or autograd), each per token of
+    the batch."""
+    prof = profiled_step(model, seq_len, batch_size, device)
     events = [e for e in prof.events() if e.name.startswith("aten::")]
     top = [e for e in events if not (e.cpu_parent is not None and e.cpu_parent.name.startswith("aten::"))]
     n = batch_size * seq_len
