@@ -17,6 +17,8 @@ if __name__ == "__main__":
             def silu(x):
                 return x if x.shape[-1] in MH_streams else TF.silu(x)
         MH.F = _F2()
+    qkinit = over.pop("qkinit", "no")
+    over_traj = over.pop("traj", 0)
     conv = over.pop("conv", "identity"); bs = over.pop("bs", 4); kind = over.pop("model", "hope"); lr = over.pop("lr", 3e-3); curr = over.pop("curr", "yes")
     s = recall.settings(False, {"steps": steps, "batch_size": bs, "lr": lr})
     L = s["seq_len"]; lengths = [L * m for m in s["multiples"]]; pc = s["pair_counts"]
@@ -25,6 +27,8 @@ if __name__ == "__main__":
     gen = torch.Generator().manual_seed(seed)
     if curr == "yes":
         ids, labels = recall.make_curriculum(s["steps"] * s["batch_size"], L, pc, gen)
+    elif curr == "from2":   # stages P = 2, then 2/4, 2/4/8, then all with the passkey (copying never suffices alone)
+        ids, labels = recall.make_curriculum(s["steps"] * s["batch_size"], L, (*pc[1:], pc[0]), gen)
     else:
         ids, labels, _ = recall.make_data(s["steps"] * s["batch_size"], L, pc, gen)
         perm = torch.randperm(ids.shape[0], generator=gen); ids, labels = ids[perm], labels[perm]
@@ -54,13 +58,30 @@ if __name__ == "__main__":
                 elif conv.startswith("idnoise"):
                     sc = float(conv[7:] or 0.3)
                     w[:, :-1] = torch.randn(w.shape[0], K - 1, generator=g) * sc
+    if qkinit != "no" and kind == "hope":   # the query stream's in_proj rows start equal to the key stream's
+        D = model.config.hidden_size
+        with torch.no_grad():
+            for layer in model.model.layers:
+                W = layer.memory.in_proj.weight
+                W[:D].copy_(W[D:2 * D])
     t = time.perf_counter()
+    traj = over_traj
+    if traj:   # every `traj` steps: accuracy per P at L on 16 test sequences per P, and layer 0's query/key cosines
+        small = recall.make_data(16 * len(pc), L, pc, torch.Generator().manual_seed(99))
+
+        def probe_now(m, _blocks, _bs):
+            e = recall.evaluate_length(m, *small, pc)
+            p0 = recall.memory_probe(m, 16, L, 4, torch.Generator().manual_seed(5))[0] if kind == "hope" else {}
+            return {"by_pairs": [round(e["accuracy_by_pairs"][str(p)], 2) for p in pc],
+                    **{k: round(sum(v) / len(v), 2) for k, v in p0.items() if k in ("cos_q_between_asks",
+                       "cos_kq_match", "cos_kq_other", "cos_k_between_records")}}
+        common.evaluate = probe_now
     tr = common.train_lm(model, ids, s["steps"], batch_size=s["batch_size"], lr=s["lr"], seed=seed, labels=labels,
-                         desc="train", shuffle=False)
+                         desc="train", shuffle=False, evals={"t": None} if traj else None, eval_every=traj or None)
     evals = [recall.evaluate_length(model, *tests[n], pc) for n in lengths]
     probe = [] if kind != "hope" else recall.memory_probe(model, 32, L, 4, torch.Generator().manual_seed(5))
     pr = [{k: [round(x, 2) for x in v] for k, v in p.items() if k in ("cos_kq_match", "cos_kq_other", "cos_q_between_asks", "eta_at_values")} for p in probe]
-    print(json.dumps({"over": over, "streamact": streamact, "conv": conv, "bs": bs, "model": kind, "lr": lr, "curr": curr, "seed": seed, "steps": steps, "train_s": round(time.perf_counter() - t),
+    print(json.dumps({"over": over, "streamact": streamact, "conv": conv, "bs": bs, "model": kind, "lr": lr, "curr": curr, "qkinit": qkinit, "seed": seed, "steps": steps, "train_s": round(time.perf_counter() - t),
                       "acc": [round(e["accuracy"], 3) for e in evals],
                       "by_pairs": {p: [round(e["accuracy_by_pairs"][str(p)], 2) for e in evals] for p in pc},
-                      "probe": pr}))
+                      "probe": pr, "traj": [[st, d["t"]] for st, d in tr.get("evals", [])] if traj else None}))
