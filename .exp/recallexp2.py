@@ -18,7 +18,7 @@ if __name__ == "__main__":
                 return x if x.shape[-1] in MH_streams else TF.silu(x)
         MH.F = _F2()
     qkinit = over.pop("qkinit", "no")
-    over_traj = over.pop("traj", 0)
+    traj = over.pop("traj", 0)
     conv = over.pop("conv", "identity"); bs = over.pop("bs", 4); kind = over.pop("model", "hope"); lr = over.pop("lr", 3e-3); curr = over.pop("curr", "yes")
     s = recall.settings(False, {"steps": steps, "batch_size": bs, "lr": lr})
     L = s["seq_len"]; lengths = [L * m for m in s["multiples"]]; pc = s["pair_counts"]
@@ -65,7 +65,6 @@ if __name__ == "__main__":
                 W = layer.memory.in_proj.weight
                 W[:D].copy_(W[D:2 * D])
     t = time.perf_counter()
-    traj = over_traj
     if traj:   # every `traj` steps: accuracy per P at L on 16 test sequences per P, and layer 0's query/key cosines
         small = recall.make_data(16 * len(pc), L, pc, torch.Generator().manual_seed(99))
 

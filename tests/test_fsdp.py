@@ -74,13 +74,13 @@ def launch_fsdp(tmp: Path, *argv) -> subprocess.CompletedProcess:
                "2", "--mixed_precision", "no", "--main_process_port", str(_free_port()), "-m", "hope_hf.train",
                "--fsdp", *map(str, argv)]
         proc = subprocess.run(cmd, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        tail = "\n".join(proc.stderr.splitlines()[-60:])
         killed = proc.returncode != 0 and re.search(r"Signal \d+ \(SIG[A-Z]+\) received", proc.stderr)
         if not killed or attempt:
             break
-        warnings.warn(f"FSDP launch: a worker died by a signal; running it again. Its stderr ended with:\n"
-                      + "\n".join(proc.stderr.splitlines()[-60:]))
+        warnings.warn(f"FSDP launch: a worker died by a signal; running it again. Its stderr ended with:\n{tail}")
         shutil.rmtree(out, ignore_errors=True)
-    assert proc.returncode == 0, "\n".join(proc.stderr.splitlines()[-60:])
+    assert proc.returncode == 0, tail
     return proc
 
 
