@@ -8,17 +8,14 @@ the sharded run also recomputes activations (--activation-checkpointing).
 
 import json
 import os
-import re
-import shutil
-import socket
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
 from accelerate.state import AcceleratorState, GradientState
+from multiproc import launch
 from transformers import AutoModelForCausalLM
 
 from hope_hf import cli, train
@@ -27,12 +24,6 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "examples" / "accelerate_fsdp2.yaml"
 GLOBAL_BATCH = 4
 STEPS = 4
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def losses(out: Path, key: str = "loss") -> dict[int, float]:
@@ -60,28 +51,15 @@ def data(tmp_path_factory, tokenizer, tokenizer_texts):
 
 
 def launch_fsdp(tmp: Path, *argv) -> subprocess.CompletedProcess:
-    """`accelerate launch --config_file examples/accelerate_fsdp2.yaml` with 2 CPU processes.
-
-    A launch whose worker died by a signal (not a Python error) is run once more, from an empty output directory, with
-    a warning that carries the first try's stderr: CI once saw a worker abort (SIGABRT, no Python traceback) in a run
-    that passes on every rerun here (gloo on a loaded 2-core machine). `PYTHONFAULTHANDLER` makes such an abort print
-    each thread's Python stack, so the warning says where it happened."""
+    """`accelerate launch --config_file examples/accelerate_fsdp2.yaml` with 2 CPU processes (`multiproc.launch`:
+    a worker killed by a signal reruns once, from an empty output directory)."""
     env = {**os.environ, "HF_HOME": str(tmp / "hf_home"), "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     out = Path(argv[list(argv).index("--output-dir") + 1])
-    for attempt in range(2):
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG), "--num_processes",
-               "2", "--mixed_precision", "no", "--main_process_port", str(_free_port()), "-m", "hope_hf.train",
-               "--fsdp", *map(str, argv)]
-        proc = subprocess.run(cmd, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-        tail = "\n".join(proc.stderr.splitlines()[-60:])
-        killed = proc.returncode != 0 and re.search(r"Signal \d+ \(SIG[A-Z]+\) received", proc.stderr)
-        if not killed or attempt:
-            break
-        warnings.warn(f"FSDP launch: a worker died by a signal; running it again. Its stderr ended with:\n{tail}")
-        shutil.rmtree(out, ignore_errors=True)
-    assert proc.returncode == 0, tail
-    return proc
+    return launch(lambda port: [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG),
+                                "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(port),
+                                "-m", "hope_hf.train", "--fsdp", *map(str, argv)],
+                  env=env, timeout=300, cwd=REPO, out=out)
 
 
 def train_here(*argv):

@@ -2,13 +2,12 @@
 
 import io
 import os
-import socket
-import subprocess
 import sys
 import textwrap
 
 import pytest
 import torch
+from multiproc import launch
 
 from hope_hf import HopeConfig, HopeForCausalLM
 from hope_hf.optim import (
@@ -399,22 +398,14 @@ DDP_SCRIPT = textwrap.dedent("""
 """)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_process_ddp_keeps_m3_ranks_in_sync(tmp_path):
     script = tmp_path / "ddp_m3.py"
     script.write_text(DDP_SCRIPT)
     result = tmp_path / "result.txt"
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(script), str(result)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
+    launch(lambda port: [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                         "127.0.0.1", "--master_port", str(port), str(script), str(result)], env=env, timeout=120)
     assert result.read_text() == "2 True True"
 
 

@@ -2,13 +2,12 @@
 
 import json
 import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from accelerate.state import AcceleratorState, GradientState
+from multiproc import launch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hope_hf import generate, train
@@ -128,25 +127,17 @@ def test_generate_carries_a_memory_session(run, tmp_path, capsys):
     assert len(capsys.readouterr().out.splitlines()) == 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_process_accelerate_launch(tmp_path):
     """`accelerate launch --multi_gpu --num_processes 2` on CPU (gloo): TBPTT + gradient accumulation train in sync
     and every rank reads its own data."""
     out = tmp_path / "out"
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()), "-m", "hope_hf.train", *SMALL, "--batch-size", "2",
-           "--grad-accum", "2", "--tbptt-segments", "2", "--max-steps", "3", "--eval-every", "3",
-           "--save-every", "3", "--debug-log-batches", "--output-dir", str(out)]
-    proc = subprocess.run(cmd, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
+    proc = launch(lambda port: [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), "-m", "hope_hf.train",
+        *SMALL, "--batch-size", "2", "--grad-accum", "2", "--tbptt-segments", "2", "--max-steps", "3", "--eval-every",
+        "3", "--save-every", "3", "--debug-log-batches", "--output-dir", str(out)], env=env, timeout=300, cwd=REPO, out=out)
     log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
     hashes = [r["batch_hashes"] for r in log if "batch_hashes" in r]
     assert len(hashes) == 3 and all(len(h) == 2 and h[0] != h[1] for h in hashes), hashes
