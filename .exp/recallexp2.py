@@ -18,6 +18,20 @@ if __name__ == "__main__":
                 return x if x.shape[-1] in MH_streams else TF.silu(x)
         MH.F = _F2()
     qkinit = over.pop("qkinit", "no")
+    read = over.pop("read", "full")
+    over_center = over.pop("center", "no")
+    qfreeze = over.pop("qfreeze", 0)
+    import torch.nn.functional as F
+    if read != "full":   # the output memory's read without its identity passthrough (noskip) or without M_0 (delta)
+        from hope_hf import modeling_hope as MH, memory_hope as MM
+        _orig_om = MH.output_memory
+
+        def _om(params, state, k, v, q, *a, **kw):
+            o, st = _orig_om(params, state, k, v, q, *a, **kw)
+            if read == "noskip":
+                return o - q, st
+            return o - MM.mlp_memory(params["W1"][None, :, 0], params["W2"][None, :, 0], q), st
+        MH.output_memory = _om
     traj = over.pop("traj", 0)
     conv = over.pop("conv", "identity"); bs = over.pop("bs", 4); kind = over.pop("model", "hope"); lr = over.pop("lr", 3e-3); curr = over.pop("curr", "yes")
     s = recall.settings(False, {"steps": steps, "batch_size": bs, "lr": lr})
@@ -64,6 +78,58 @@ if __name__ == "__main__":
             for layer in model.model.layers:
                 W = layer.memory.in_proj.weight
                 W[:D].copy_(W[D:2 * D])
+    center = over_center
+    if center != "no":   # keys (and with "kq" queries) centred on their running mean over the sequence, renormalised
+        from hope_hf import modeling_hope as MH2
+        _orig_om2 = MH2.output_memory
+
+        def _om2(params, state, k, v, q, eta, log_alpha, mask, *a, **kw):
+            B, H, T, d = k.shape
+            n0 = state.get("cnt", torch.zeros(B, 1, 1, 1, dtype=k.dtype))
+            sums = {}
+            n = n0 + torch.arange(1, T + 1, dtype=k.dtype).view(1, 1, T, 1)
+            def cen(x, name):
+                c = state.get(name, torch.zeros(B, H, 1, d, dtype=x.dtype)) + x.cumsum(2)
+                sums[name] = c[:, :, -1:]
+                return F.normalize(x - c / n, dim=-1)
+            k = cen(k, "ksum")
+            if center == "kq":
+                q = cen(q, "qsum")
+            if _probe_calls is not None:
+                _probe_calls.append((k.detach(), q.detach(), v.detach(), eta.detach(), log_alpha.detach()))
+            st = {kk: vv for kk, vv in state.items() if kk not in ("cnt", "ksum", "qsum")}
+            o, new = _orig_om2(params, st, k, v, q, eta, log_alpha, mask, *a, **kw)
+            return o, {**new, **sums, "cnt": n0 + T}
+        MH2.output_memory = _om2
+        _probe_calls = None
+        import contextlib
+
+        @contextlib.contextmanager
+        def _capture():   # the probe sees the centred keys and queries
+            nonlocal_calls = []
+            globals()["_probe_calls"] = nonlocal_calls
+            try:
+                yield nonlocal_calls
+            finally:
+                globals()["_probe_calls"] = None
+        recall.capture_output_memory_inputs = _capture
+    if qfreeze and kind == "hope":   # the query path (in_proj/conv rows of the q stream, M_q's M_0) gets no gradient
+        D = model.config.hidden_size     # for the first `qfreeze` training steps
+        _steps = [0]
+        model.register_forward_pre_hook(lambda m, a: _steps.__setitem__(0, _steps[0] + int(m.training)))
+
+        def _mask_hook(sl):
+            def h(g):
+                if _steps[0] <= qfreeze:
+                    g = g.clone(); g[sl] = 0
+                return g
+            return h
+        for layer in model.model.layers:
+            mem = layer.memory
+            mem.in_proj.weight.register_hook(_mask_hook(slice(0, D)))
+            mem.conv_weight.register_hook(_mask_hook(slice(0, D)))
+            mem.bank_W1.register_hook(_mask_hook((slice(None), 4)))
+            mem.bank_W2.register_hook(_mask_hook((slice(None), 4)))
     t = time.perf_counter()
     if traj:   # every `traj` steps: accuracy per P at L on 16 test sequences per P, and layer 0's query/key cosines
         small = recall.make_data(16 * len(pc), L, pc, torch.Generator().manual_seed(99))
@@ -80,7 +146,7 @@ if __name__ == "__main__":
     evals = [recall.evaluate_length(model, *tests[n], pc) for n in lengths]
     probe = [] if kind != "hope" else recall.memory_probe(model, 32, L, 4, torch.Generator().manual_seed(5))
     pr = [{k: [round(x, 2) for x in v] for k, v in p.items() if k in ("cos_kq_match", "cos_kq_other", "cos_q_between_asks", "eta_at_values")} for p in probe]
-    print(json.dumps({"over": over, "streamact": streamact, "conv": conv, "bs": bs, "model": kind, "lr": lr, "curr": curr, "qkinit": qkinit, "seed": seed, "steps": steps, "train_s": round(time.perf_counter() - t),
+    print(json.dumps({"over": over, "streamact": streamact, "conv": conv, "bs": bs, "model": kind, "lr": lr, "curr": curr, "qkinit": qkinit, "read": read, "center": over_center, "qfreeze": qfreeze, "seed": seed, "steps": steps, "train_s": round(time.perf_counter() - t),
                       "acc": [round(e["accuracy"], 3) for e in evals],
                       "by_pairs": {p: [round(e["accuracy_by_pairs"][str(p)], 2) for e in evals] for p in pc},
                       "probe": pr, "traj": [[st, d["t"]] for st, d in tr.get("evals", [])] if traj else None}))

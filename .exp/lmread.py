@@ -1,0 +1,30 @@
+"""lm_quality's tiny setup (one corpus, one seed) for Hope with the output memory's read variant `full` (paper),
+`delta` (M_{t-1}(q) - M_0(q)) or `noskip` (M_{t-1}(q) - q). Usage: lmread.py CORPUS SEED READ"""
+import sys, json, time, torch
+from benchmarks import common, lm_quality
+from hope_hf import modeling_hope as MH, memory_hope as MM
+
+torch.set_num_threads(1)
+name, seed, read = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+if read != "full":
+    _orig = MH.output_memory
+
+    def _om(params, state, k, v, q, *a, **kw):
+        o, st = _orig(params, state, k, v, q, *a, **kw)
+        if read == "noskip":
+            return o - q, st
+        return o - MM.mlp_memory(params["W1"][None, :, 0], params["W2"][None, :, 0], q), st
+    MH.output_memory = _om
+s = lm_quality.FULL
+docs = common.corpus(name, s["max_chars"])
+tok = common.tokenizer_for(docs, s["vocab_size"])
+blocks = common.to_blocks(docs, tok, s["seq_len"])
+config = common.hope_config(s["preset"], tok)
+train, val = common.split_blocks(blocks, s["val_blocks"], seed)
+model = common.build("hope", config, seed, s["seq_len"])
+t = time.perf_counter()
+r = common.train_lm(model, train, s["steps"], batch_size=s["batch_size"], lr=s["lr"], seed=seed,
+                    evals={"val": val}, eval_every=s["eval_every"], desc=f"{name}/{read}")
+loss = common.final_eval(r, "val")
+print(json.dumps({"corpus": name, "seed": seed, "read": read, "val_perplexity": round(common.perplexity(loss), 3),
+                  "train_s": round(time.perf_counter() - t)}))
