@@ -62,6 +62,15 @@ if __name__ == "__main__":
                     # k stream (channels D..2D of q, k, v[, gate]) also reads token t-n: kback<n>
                     D = model.config.hidden_size
                     w[D:2 * D, -1 - int(conv[5:])] = 1.0
+                elif conv.startswith("kheads"):
+                    # general shift init: key head h reads token t-h (h mod K); "kheads" drops the current token
+                    # for h > 0, "kheads_id" keeps it (t and t-h)
+                    D, d = model.config.hidden_size, model.config.head_dim
+                    for h in range(model.config.num_attention_heads):
+                        off = h % K
+                        if off and conv == "kheads":
+                            w[D + h * d:D + (h + 1) * d, -1] = 0.0
+                        w[D + h * d:D + (h + 1) * d, -1 - off] = 1.0
                 elif conv == "kshift":      # H3-style: the k stream sums the previous K-1 tokens, not the current one
                     D = model.config.hidden_size
                     w[D:2 * D, :] = 1.0
