@@ -221,12 +221,13 @@ def perplexity(loss: float) -> float:
 def train_lm(model, train: torch.Tensor, steps: int, *, batch_size: int, lr: float, seed: int = 0,
              evals: dict | None = None, eval_every: int | None = None, warmup: int | None = None,
              weight_decay: float = 0.01, clip: float = 1.0, labels: torch.Tensor | None = None,
-             make_optimizer=None, desc: str = "train", shuffle: bool = True) -> dict:
+             make_optimizer=None, desc: str = "train", shuffle: bool = True, after_backward=None) -> dict:
     """AdamW with warm-up + cosine on random batches of `train` (order fixed by `seed`, identical for every model;
     `shuffle=False`: the rows in their order, e.g. a curriculum).
 
     `make_optimizer(model)` replaces the default AdamW(lr, betas 0.9/0.95, `weight_decay`).
     `labels` (same shape as `train`, -100 = not scored) replaces the default next-token labels (`train` itself).
+    `after_backward(step)` runs after each backward pass, before clipping (e.g. to zero some gradients).
     `evals` maps a name to held-out blocks, evaluated every `eval_every` steps and at the end. Returns the training
     loss per step, the evaluations [(step, {name: loss})], the median seconds per step and whether it diverged."""
     model.train()
@@ -250,6 +251,8 @@ def train_lm(model, train: torch.Tensor, steps: int, *, batch_size: int, lr: flo
         t0 = time.perf_counter()
         loss = model(input_ids=x, labels=x if labels is None else labels[rows], use_cache=False).loss
         loss.backward()
+        if after_backward is not None:
+            after_backward(step)
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
         opt.zero_grad(set_to_none=True)

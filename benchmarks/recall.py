@@ -18,13 +18,16 @@ sequences keep the records and queries and add filler, so the distance between a
 predicted as some value id, and the share predicted as a value that occurs earlier in the sequence.
 
 Both models start from the same seed, train on the same freshly generated length-L sequences (each seen once) in the
-same order (by default a curriculum, `make_curriculum`: passkeys first, then one more pair count per stage; without
-it one seed of Hope learned the binding in 2000 steps and two stayed at chance, with it seed 1 did by step 1000),
-with AdamW, the same learning rate and warm-up + cosine schedule (`common.train_lm`); Llama's RoPE table covers the
-longest test length. The test sets come from other seeds, one per length. Small batches and many steps:
-in a passkey-only probe (P = 1, L = 64) Hope learned the task in 1200 steps of 4 sequences and not at all in 300
-steps of 16 (the same sequences). Hope tiny's CMS levels step every 64 and 256 tokens, so at L = 128 the 256-token
-level never steps during training but does at 4L.
+same order, with AdamW, the same learning rate and warm-up + cosine schedule (`common.train_lm`) and the same recipe:
+a curriculum (`make_curriculum`, stages in `curriculum_stages` order: P = 2, then 2/4, 2/4/8, then all with the
+passkey) and no gradient into the query path for the first `query_warmup` steps (Hope's q stream, Llama's `q_proj`).
+Hope starts from `shifted_key_init` (key head h also reads token t - h; queries start in the keys' space). Each piece
+was measured in issue #10 (tiny, 2,000 steps, seeds 0/1/2): without them Hope's queries for different records
+collapsed to one vector within the first 200 steps and it copied some value of the context instead of binding
+(43.0% at 4L). Llama's RoPE table covers the longest test length. The test sets come from other seeds, one per
+length. Small batches and many steps: in a passkey-only probe (P = 1, L = 64) Hope learned the task in 1200 steps of
+4 sequences and not at all in 300 steps of 16 (the same sequences). Hope tiny's CMS levels step every 64 and 256
+tokens, so at L = 128 the 256-token level never steps during training but does at 4L.
 
 Writes `<out>/recall.json` (setup, per model: params, accuracies per test length overall and per P, answer loss,
 training loss per step, median s/step; the target check "Hope >= 90% at 4L" as data) and `<out>/recall.png`
@@ -60,8 +63,11 @@ EVAL_BATCH = 8
 
 # eval_seqs: test sequences per pair count and length
 FULL = {"steps": 2000, "batch_size": 4, "seq_len": 128, "multiples": (1, 2, 4), "pair_counts": (1, 2, 4, 8),
-        "lr": 3e-3, "eval_seqs": 64, "hope_config": {}, "seeds": (0, 1, 2), "curriculum": True}
-QUICK = {**FULL, "steps": 100, "eval_seqs": 8, "seeds": (0,)}
+        "lr": 3e-3, "eval_seqs": 64, "hope_config": {}, "seeds": (0, 1, 2), "curriculum": "pairs-first",
+        "query_warmup": 800, "hope_init": "shifted-keys"}
+QUICK = {**FULL, "steps": 100, "eval_seqs": 8, "seeds": (0,), "query_warmup": 40}
+CURRICULA = ("pairs-first", "passkey-first", "none")
+HOPE_INITS = ("shifted-keys", "default")
 PER_SEED = ("accuracy", "answer_loss", "value_prediction_rate", "in_context_value_rate")
 
 
@@ -112,7 +118,7 @@ def make_data(n_seqs: int, seq_len: int, pair_counts, generator: torch.Generator
 
 def make_curriculum(n_seqs: int, seq_len: int, pair_counts, generator: torch.Generator):
     """(input_ids, labels) in training order: len(pair_counts) equal stages, stage j drawn from the pair counts
-    `pair_counts[:j + 1]` (passkeys first, then one more pair count per stage), shuffled within each stage."""
+    `pair_counts[:j + 1]` (one more pair count per stage, in the order given), shuffled within each stage."""
     sizes = group_sizes(n_seqs, len(pair_counts))
     ids, labels = [], []
     for j, n in enumerate(sizes):
@@ -121,6 +127,64 @@ def make_curriculum(n_seqs: int, seq_len: int, pair_counts, generator: torch.Gen
         ids.append(x[perm])
         labels.append(y[perm])
     return torch.cat(ids), torch.cat(labels)
+
+
+def curriculum_stages(pair_counts, curriculum: str):
+    """The pair counts in the order `make_curriculum` adds them: "pairs-first" moves the passkey (P = 1) last, so
+    every stage needs the key -> value binding (copying the one value answers a passkey, and a model that first
+    learns to copy keeps copying: session 20 of issue #10); "passkey-first" keeps `pair_counts`' order."""
+    if curriculum == "pairs-first":
+        return [p for p in pair_counts if p != 1] + [p for p in pair_counts if p == 1]
+    return list(pair_counts)
+
+
+# ----------------------------------------------------------------------------------------- training recipe
+
+
+def shifted_key_init(model) -> None:
+    """Hope's initialisation for in-context recall (issue #10): in every layer, key head h also reads token
+    t - (h mod conv_size) through the causal conv (head 0 only the current token), and the query stream's `in_proj`
+    rows start equal to the key stream's. At step 0 a query then matches the key written h tokens after the same
+    token in head h, for every offset the conv reaches: no offset is chosen for the task (its `KEY k VAL v` records
+    need 2). With the identity conv the keys cannot see the key token at the value's position, and the queries had
+    no gradient towards the keys: they collapsed to one vector on every seed."""
+    c = model.config
+    D, d, K = c.hidden_size, c.head_dim, c.conv_size
+    with torch.no_grad():
+        for layer in model.model.layers:
+            mem = layer.memory
+            for h in range(c.num_attention_heads):
+                mem.conv_weight[D + h * d:D + (h + 1) * d, -1 - h % K] = 1.0
+            mem.in_proj.weight[:D] = mem.in_proj.weight[D:2 * D]
+
+
+def query_parameters(model) -> list:
+    """[(parameter, index)] of the query path: Hope's q stream (its `in_proj` and conv rows, the initial state M_q,0
+    of the self-modifying query memory), Llama's `q_proj`."""
+    if model.config.model_type != "hope":
+        return [(layer.self_attn.q_proj.weight, slice(None)) for layer in model.model.layers]
+    c, out = model.config, []
+    for layer in model.model.layers:
+        mem = layer.memory
+        out += [(mem.in_proj.weight, slice(0, c.hidden_size)), (mem.conv_weight, slice(0, c.hidden_size))]
+        if c.self_modifying and c.adaptive_query:                       # M_q is the bank's fifth memory
+            out += [(mem.bank_W1, (slice(None), 4)), (mem.bank_W2, (slice(None), 4))]
+    return out
+
+
+def query_warmup(model, steps: int):
+    """An `after_backward` hook for `common.train_lm`: no gradient into the query path for the first `steps` steps.
+    Early in training the answer loss mostly asks for "some value", the same gradient at every asking position, and
+    the cheapest way to give it is one query for every ask: without the warm-up the queries of different asks
+    collapsed (cos 0.98-0.99) inside the learning-rate warm-up on every seed, and never came apart."""
+    params = query_parameters(model)
+
+    def hook(step: int):
+        if step < steps:
+            for p, index in params:
+                if p.grad is not None:
+                    p.grad[index] = 0
+    return hook
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
@@ -230,6 +294,11 @@ def settings(quick: bool, overrides: dict) -> dict:
     s = common.settings(FULL, QUICK, quick, overrides)
     s["multiples"], s["pair_counts"] = [int(m) for m in s["multiples"]], [int(p) for p in s["pair_counts"]]
     s["seeds"] = [int(x) for x in s["seeds"]]
+    for key, allowed in (("curriculum", CURRICULA), ("hope_init", HOPE_INITS)):
+        if s[key] not in allowed:
+            raise ValueError(f"{key} must be one of {allowed}, got {s[key]!r}")
+    if int(s["query_warmup"]) < 0:
+        raise ValueError(f"query_warmup must be >= 0 steps, got {s['query_warmup']}")
     return s
 
 
@@ -240,7 +309,9 @@ def run(quick: bool = False, out=common.RESULTS, **overrides) -> dict:
     Settings (`FULL`, `QUICK` with `quick`, then `overrides`): steps, batch_size, seq_len (a multiple of 64), multiples,
     pair_counts, lr, eval_seqs (test sequences per pair count and length), hope_config (HopeConfig overrides of the
     tiny preset, e.g. {"memory_lr_max": 1.0}), seeds (each seed: its own training data, test sets and
-    initialisation), curriculum (train on `make_curriculum`'s stages in order instead of shuffled `make_data`).
+    initialisation), curriculum (`CURRICULA`: train on `make_curriculum`'s stages in `curriculum_stages` order, or
+    "none": shuffled `make_data`), query_warmup (steps without gradient into either model's query path,
+    `query_warmup`), hope_init ("shifted-keys": `shifted_key_init`, or "default").
     Runs on one torch thread unless BENCH_THREADS says otherwise."""
     s = settings(quick, overrides)
     threads = torch.get_num_threads()
@@ -258,8 +329,9 @@ def _train_and_test(config, s: dict, seed: int) -> dict:
     lengths = [L * m for m in s["multiples"]]
     pc = s["pair_counts"]
     gen = torch.Generator().manual_seed(seed)
-    if s["curriculum"]:
-        train_ids, train_labels = make_curriculum(s["steps"] * s["batch_size"], L, pc, gen)
+    if s["curriculum"] != "none":
+        train_ids, train_labels = make_curriculum(s["steps"] * s["batch_size"], L,
+                                                  curriculum_stages(pc, s["curriculum"]), gen)
     else:
         train_ids, train_labels, _ = make_data(s["steps"] * s["batch_size"], L, pc, gen)
     tests = {n: make_data(s["eval_seqs"] * len(pc), n, pc, torch.Generator().manual_seed(1_000_003 * (seed + 1) + n))
@@ -267,9 +339,12 @@ def _train_and_test(config, s: dict, seed: int) -> dict:
     models = {}
     for kind in tqdm(("hope", "llama"), desc=f"{NAME} seed {seed}"):
         model = common.build(kind, config, seed, max(lengths))
+        if kind == "hope" and s["hope_init"] == "shifted-keys":
+            shifted_key_init(model)
         start = time.perf_counter()
         tr = common.train_lm(model, train_ids, s["steps"], batch_size=s["batch_size"], lr=s["lr"], seed=seed,
-                             labels=train_labels, desc=f"train {kind}", shuffle=not s["curriculum"])
+                             labels=train_labels, desc=f"train {kind}", shuffle=s["curriculum"] == "none",
+                             after_backward=query_warmup(model, s["query_warmup"]))
         r = {"params": common.n_params(model), "train_loss": tr["train_loss"], "steps_done": tr["steps_done"],
              "diverged": tr["diverged"], "median_step_s": tr["median_step_s"], "train_s": time.perf_counter() - start}
         if kind == "llama":
@@ -370,12 +445,18 @@ def plot(results: dict, path):
     b.legend(fontsize=8)
     fig.suptitle(f"Associative recall, {'/'.join(map(str, s['pair_counts']))} pairs, trained at {s['seq_len']} "
                  f"tokens: {s['steps']} steps x {s['batch_size']} sequences, lr {s['lr']:g}"
-                 f"{', curriculum' if s.get('curriculum') else ''}"
+                 f"{_curriculum_label(s)}"
                  f"{', mean of seeds ' + ', '.join(map(str, s['seeds'])) if len(s.get('seeds', [])) > 1 else ''}"
                  f"{' (quick)' if s['quick'] else ''}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _curriculum_label(s: dict) -> str:
+    c = s.get("curriculum")
+    c = {True: "passkey-first", False: "none"}.get(c, c)                # results of before 2026-12-06: a bool
+    return "" if c in (None, "none") else f", {c} curriculum"
 
 
 def no_binding_accuracy(ids: torch.Tensor, labels: torch.Tensor) -> dict:
@@ -458,9 +539,12 @@ def main(argv=None):
     p.add_argument("--pair-counts", type=int, nargs="+", help="numbers of key-value pairs per sequence (default "
                    "1 2 4 8)")
     p.add_argument("--lr", type=float)
-    p.add_argument("--no-curriculum", dest="curriculum", action="store_false", default=None,
-                   help="train on all pair counts shuffled from the start (default: passkeys first, see "
-                        "make_curriculum)")
+    p.add_argument("--curriculum", choices=CURRICULA, help="the order of the training data (default pairs-first: "
+                   "stages P = 2, 2/4, 2/4/8, then all with the passkey; none: all pair counts shuffled)")
+    p.add_argument("--query-warmup", type=int, help="steps without gradient into the query path, both models "
+                   "(default 800; --quick: 40)")
+    p.add_argument("--hope-init", choices=HOPE_INITS, help="Hope's key conv and query projection at step 0 (default "
+                   "shifted-keys, see shifted_key_init)")
     p.add_argument("--eval-seqs", type=int, help="test sequences per pair count and length")
     p.add_argument("--seeds", type=int, nargs="+", help="one run per seed, reported as mean and min-max (default "
                    "0 1 2; --quick: 0)")
@@ -468,7 +552,8 @@ def main(argv=None):
     a = p.parse_args(argv)
     a.out = a.out or (common.QUICK_RESULTS if a.quick else common.RESULTS)
     res = run(quick=a.quick, out=a.out, seeds=a.seeds, steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len,
-              multiples=a.multiples, pair_counts=a.pair_counts, lr=a.lr, eval_seqs=a.eval_seqs, curriculum=a.curriculum)
+              multiples=a.multiples, pair_counts=a.pair_counts, lr=a.lr, eval_seqs=a.eval_seqs, curriculum=a.curriculum,
+              query_warmup=a.query_warmup, hope_init=a.hope_init)
     print(markdown(res))
 
 

@@ -171,3 +171,57 @@ def test_no_binding_accuracy_is_what_copying_an_unanswered_value_scores(pairs):
     harmonic = sum(1 / j for j in range(1, pairs + 1)) / pairs
     assert harmonic <= expected["copy_unanswered"] < harmonic + 0.06 
     assert expected["copy"] == pytest.approx((1 + (pairs - 1) / recall.N_VALUES) / pairs, abs=0.01)  # shared values
+
+
+def test_curriculum_stages_put_the_passkey_last_when_pairs_come_first():
+    assert recall.curriculum_stages((1, 2, 4, 8), "pairs-first") == [2, 4, 8, 1]
+    assert recall.curriculum_stages((1, 2, 4, 8), "passkey-first") == [1, 2, 4, 8]
+    ids, _ = recall.make_curriculum(40, 64, recall.curriculum_stages((1, 2, 4, 8), "pairs-first"),
+                                    torch.Generator().manual_seed(0))
+    pairs = (ids == recall.KEY).sum(1)
+    assert set(pairs[:10].tolist()) == {2} and 1 not in pairs[:30].tolist() and 1 in pairs[30:].tolist()
+    for bad in ({"curriculum": True}, {"hope_init": "random"}, {"query_warmup": -1}):
+        with pytest.raises(ValueError):
+            recall.settings(False, bad)
+
+
+@torch.no_grad()
+def test_shifted_key_init_makes_a_fresh_model_binding_ready_in_the_head_that_reads_two_back():
+    """Key head h reads t - h as well as t, queries start in the keys' space: in a fresh model the head whose offset is
+    the records' (`KEY k VAL v`: 2) already has each ask's query closest to its own record's key; the identity conv
+    has no such head."""
+    from hope_hf import HopeConfig, HopeForCausalLM
+
+    torch.manual_seed(0)
+    model = HopeForCausalLM(HopeConfig.from_preset("tiny", vocab_size=recall.VOCAB_SIZE))
+    before = recall.memory_probe(model, 16, 128, 4, torch.Generator().manual_seed(0))[0]
+    recall.shifted_key_init(model)
+    c = model.config
+    w = model.model.layers[1].memory.conv_weight
+    assert [w[c.hidden_size + h * c.head_dim, -1 - h].item() for h in range(4)] == [1.0] * 4
+    assert model.model.layers[1].memory.in_proj.weight[:c.hidden_size].equal(
+        model.model.layers[1].memory.in_proj.weight[c.hidden_size:2 * c.hidden_size])
+    after = recall.memory_probe(model, 16, 128, 4, torch.Generator().manual_seed(0))[0]
+    assert after["cos_kq_match"][2] > after["cos_kq_other"][2] + 0.3
+    assert all(abs(m - o) < 0.1 for m, o in zip(before["cos_kq_match"], before["cos_kq_other"]))
+
+
+@pytest.mark.parametrize("kind", ["hope", "llama"])
+def test_query_warmup_zeroes_the_query_paths_gradient_only_while_it_lasts(kind):
+    from benchmarks import common
+    from hope_hf import HopeConfig
+
+    config = HopeConfig.from_preset("tiny", vocab_size=recall.VOCAB_SIZE)
+    model = common.build(kind, config, 0, 128)
+    ids, labels, _ = recall.make_data(2, 64, (2,), torch.Generator().manual_seed(0))
+    hook = recall.query_warmup(model, 3)
+    held = recall.query_parameters(model)
+    assert len(held) == (8 if kind == "hope" else 2)
+    for step, zeroed in ((2, True), (3, False)):
+        model.zero_grad()
+        model(input_ids=ids, labels=labels).loss.backward()
+        hook(step)
+        assert all((p.grad[index] == 0).all() for p, index in held) == zeroed
+        assert (held[0][0].grad[held[0][1]] != 0).any() != zeroed          # in_proj's q rows / the first q_proj
+        if kind == "hope":                                              # the key stream's rows keep their gradient
+            assert model.model.layers[0].memory.in_proj.weight.grad[config.hidden_size:].abs().sum() > 0
