@@ -18,13 +18,14 @@ sequences keep the records and queries and add filler, so the distance between a
 predicted as some value id, and the share predicted as a value that occurs earlier in the sequence.
 
 Both models start from the same seed, train on the same freshly generated length-L sequences (each seen once) in the
-same order, with AdamW, the same learning rate and warm-up + cosine schedule (`common.train_lm`) and the same recipe:
-a curriculum (`make_curriculum`, stages in `curriculum_stages` order: P = 2, then 2/4, 2/4/8, then all with the
-passkey) and no gradient into the query path for the first `query_warmup` steps (Hope's q stream, Llama's `q_proj`).
-Hope starts from `shifted_key_init` (key head h also reads token t - h; queries start in the keys' space). Each piece
-was measured in issue #10 (tiny, 2,000 steps, seeds 0/1/2): without them Hope's queries for different records
-collapsed to one vector within the first 200 steps and it copied some value of the context instead of binding
-(43.0% at 4L). Llama's RoPE table covers the longest test length. The test sets come from other seeds, one per
+same order, with AdamW, the same learning rate and warm-up + cosine schedule (`common.train_lm`) and the same
+curriculum (`make_curriculum`, stages in `curriculum_stages` order: P = 2, then 2/4, 2/4/8, then all with the
+passkey). Hope also starts from `shifted_key_init` (key head h also reads token t - h; queries start in the keys'
+space) and gets no gradient into its query path for the first `query_warmup` steps. Each piece was measured in
+issue #10 (tiny, 2,000 steps, seeds 0/1/2; `benchmarks/recall_findings.md`): without them Hope's queries for
+different records collapsed to one vector within the first 200 steps and it copied some value of the context
+instead of binding (43.0% at 4L). Llama trains without the query warm-up, which only hurt it (its `q_proj` held for
+800 steps: passkey 84% instead of 100%, all pairs at 4L 25.7% instead of 29.8%). Llama's RoPE table covers the longest test length. The test sets come from other seeds, one per
 length. Small batches and many steps: in a passkey-only probe (P = 1, L = 64) Hope learned the task in 1200 steps of
 4 sequences and not at all in 300 steps of 16 (the same sequences). Hope tiny's CMS levels step every 64 and 256
 tokens, so at L = 128 the 256-token level never steps during training but does at 4L.
@@ -310,8 +311,8 @@ def run(quick: bool = False, out=common.RESULTS, **overrides) -> dict:
     pair_counts, lr, eval_seqs (test sequences per pair count and length), hope_config (HopeConfig overrides of the
     tiny preset, e.g. {"memory_lr_max": 1.0}), seeds (each seed: its own training data, test sets and
     initialisation), curriculum (`CURRICULA`: train on `make_curriculum`'s stages in `curriculum_stages` order, or
-    "none": shuffled `make_data`), query_warmup (steps without gradient into either model's query path,
-    `query_warmup`), hope_init ("shifted-keys": `shifted_key_init`, or "default").
+    "none": shuffled `make_data`), query_warmup (steps without gradient into Hope's query path, `query_warmup`),
+    hope_init ("shifted-keys": `shifted_key_init`, or "default").
     Runs on one torch thread unless BENCH_THREADS says otherwise."""
     s = settings(quick, overrides)
     threads = torch.get_num_threads()
@@ -344,7 +345,7 @@ def _train_and_test(config, s: dict, seed: int) -> dict:
         start = time.perf_counter()
         tr = common.train_lm(model, train_ids, s["steps"], batch_size=s["batch_size"], lr=s["lr"], seed=seed,
                              labels=train_labels, desc=f"train {kind}", shuffle=s["curriculum"] == "none",
-                             after_backward=query_warmup(model, s["query_warmup"]))
+                             after_backward=query_warmup(model, s["query_warmup"]) if kind == "hope" else None)
         r = {"params": common.n_params(model), "train_loss": tr["train_loss"], "steps_done": tr["steps_done"],
              "diverged": tr["diverged"], "median_step_s": tr["median_step_s"], "train_s": time.perf_counter() - start}
         if kind == "llama":
@@ -541,7 +542,7 @@ def main(argv=None):
     p.add_argument("--lr", type=float)
     p.add_argument("--curriculum", choices=CURRICULA, help="the order of the training data (default pairs-first: "
                    "stages P = 2, 2/4, 2/4/8, then all with the passkey; none: all pair counts shuffled)")
-    p.add_argument("--query-warmup", type=int, help="steps without gradient into the query path, both models "
+    p.add_argument("--query-warmup", type=int, help="steps without gradient into Hope's query path "
                    "(default 800; --quick: 40)")
     p.add_argument("--hope-init", choices=HOPE_INITS, help="Hope's key conv and query projection at step 0 (default "
                    "shifted-keys, see shifted_key_init)")
