@@ -27,6 +27,18 @@ with torch.no_grad():
     first = model(input_ids=x[:, :1000], use_cache=True)
     rest = model(input_ids=x[:, 1000:], past_key_values=first.past_key_values, use_cache=True)
     d = (one - torch.cat([first.logits, rest.logits], 1)).abs().amax(-1)[0]
+    drift = []                            # |W2_t - M_0| / |M_0| of the output memory, per layer and head
+    cache = None
+    for n in (512, 1024, 2048, 4096):
+        prev = 0 if cache is None else cache.get_seq_length()
+        r = model(input_ids=x[:, prev:n], past_key_values=cache, use_cache=True)
+        cache = r.past_key_values
+        row = []
+        for layer, lc in zip(model.model.layers, cache.layers):
+            W2, W20 = lc.state["mem"]["W2"][0], layer.memory.mem_W2
+            row.append([round(((W2[h] - W20[h]).norm() / W20[h].norm()).item(), 2) for h in range(W2.shape[0])])
+        drift.append([n, row])
+    out["mem_W2_drift"] = drift
     out["split_diff_per_512"] = [float(f"{d[i:i + W].max().item():.2g}") for i in range(0, 4096, W)]
     m = model.double()
     e = m.model.embed_tokens(x)
