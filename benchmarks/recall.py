@@ -444,11 +444,13 @@ def plot(results: dict, path):
     b.set_ylabel("training loss on the answers (nats)")
     b.axhline(torch.log(torch.tensor(float(N_VALUES))).item(), color="gray", ls="--", lw=0.8, label="ln 16")
     b.legend(fontsize=8)
+    hope = (f"\nHope: {s['hope_init']} init, no gradient into its query path for {s['query_warmup']} steps"
+            if "hope_init" in s else "")                                  # absent from results of before 2026-12-06
     fig.suptitle(f"Associative recall, {'/'.join(map(str, s['pair_counts']))} pairs, trained at {s['seq_len']} "
                  f"tokens: {s['steps']} steps x {s['batch_size']} sequences, lr {s['lr']:g}"
                  f"{_curriculum_label(s)}"
                  f"{', mean of seeds ' + ', '.join(map(str, s['seeds'])) if len(s.get('seeds', [])) > 1 else ''}"
-                 f"{' (quick)' if s['quick'] else ''}", fontsize=10)
+                 f"{' (quick)' if s['quick'] else ''}{hope}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
