@@ -225,3 +225,27 @@ def test_query_warmup_zeroes_the_query_paths_gradient_only_while_it_lasts(kind):
         assert (held[0][0].grad[held[0][1]] != 0).any() != zeroed          # in_proj's q rows / the first q_proj
         if kind == "hope":                                              # the key stream's rows keep their gradient
             assert model.model.layers[0].memory.in_proj.weight.grad[config.hidden_size:].abs().sum() > 0
+
+
+@torch.no_grad()
+def test_the_held_bank_memory_is_the_query_memory():
+    """`query_parameters` holds the bank's memory 4: changing its initial state moves the output memory's queries and
+    leaves its keys and values alone."""
+    from hope_hf import HopeConfig, HopeForCausalLM
+
+    torch.manual_seed(0)
+    model = HopeForCausalLM(HopeConfig.from_preset("tiny", vocab_size=recall.VOCAB_SIZE)).eval()
+    ids, _, _ = recall.make_data(2, 64, (2,), torch.Generator().manual_seed(0))
+
+    def kqv():
+        with recall.capture_output_memory_inputs() as calls:
+            model(input_ids=ids, use_cache=False)
+        return calls[0][:3]
+
+    before = kqv()
+    held = [p for p, index in recall.query_parameters(model) if isinstance(index, tuple)]
+    layers = model.model.layers
+    assert {id(p) for p in held} == {id(m) for layer in layers for m in (layer.memory.bank_W1, layer.memory.bank_W2)}
+    model.model.layers[0].memory.bank_W1[:, 4].normal_(0, 0.5)            # M_q,0 leaves the identity
+    (k0, q0, v0), (k1, q1, v1) = before, kqv()
+    assert k0.equal(k1) and v0.equal(v1) and not q0.equal(q1)
