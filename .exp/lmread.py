@@ -1,12 +1,13 @@
 """lm_quality's tiny setup (one corpus, one seed) for Hope with the output memory's read variant `full` (paper),
-`delta` (M_{t-1}(q) - M_0(q)) or `noskip` (M_{t-1}(q) - q). Usage: lmread.py CORPUS SEED READ"""
+`delta` (M_{t-1}(q) - M_0(q)) or `noskip` (M_{t-1}(q) - q), or `shifted`: the full read from
+benchmarks.recall's shifted_key_init. Usage: lmread.py CORPUS SEED READ"""
 import sys, json, time, torch
 from benchmarks import common, lm_quality
 from hope_hf import modeling_hope as MH, memory_hope as MM
 
 torch.set_num_threads(1)
 name, seed, read = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-if read != "full":
+if read not in ("full", "shifted"):
     _orig = MH.output_memory
 
     def _om(params, state, k, v, q, *a, **kw):
@@ -22,6 +23,9 @@ blocks = common.to_blocks(docs, tok, s["seq_len"])
 config = common.hope_config(s["preset"], tok)
 train, val = common.split_blocks(blocks, s["val_blocks"], seed)
 model = common.build("hope", config, seed, s["seq_len"])
+if read == "shifted":
+    from benchmarks import recall
+    recall.shifted_key_init(model)
 t = time.perf_counter()
 r = common.train_lm(model, train, s["steps"], batch_size=s["batch_size"], lr=s["lr"], seed=seed,
                     evals={"val": val}, eval_every=s["eval_every"], desc=f"{name}/{read}")
