@@ -4,16 +4,13 @@ benchmark does, then on one 4,096-token recall sequence (P = 8): the logits' gai
 memory's W2 writes off. PYTHONPATH=. python .exp/recall_chaos.py SEED"""
 import json, sys, torch
 from benchmarks import recall, common
-from hope_hf import HopeConfig
 
 torch.set_num_threads(1)
 seed = int(sys.argv[1])
 s = recall.settings(False, {})
 L, pc = s["seq_len"], s["pair_counts"]
-config = HopeConfig.from_preset("tiny", vocab_size=recall.VOCAB_SIZE, pad_token_id=recall.PAD,
-                                bos_token_id=recall.BOS, eos_token_id=recall.EOS)
-gen = torch.Generator().manual_seed(seed)
-ids, labels = recall.make_curriculum(s["steps"] * s["batch_size"], L, recall.curriculum_stages(pc, s["curriculum"]), gen)
+config = recall.hope_config(s)
+ids, labels = recall.training_data(s, seed)
 model = common.build("hope", config, seed, 4 * L)
 recall.shifted_key_init(model)
 common.train_lm(model, ids, s["steps"], batch_size=s["batch_size"], lr=s["lr"], seed=seed, labels=labels,

@@ -46,8 +46,7 @@ if __name__ == "__main__":
     else:
         ids, labels, _ = recall.make_data(s["steps"] * s["batch_size"], L, pc, gen)
         perm = torch.randperm(ids.shape[0], generator=gen); ids, labels = ids[perm], labels[perm]
-    tests = {n: recall.make_data(s["eval_seqs"] * len(pc), n, pc, torch.Generator().manual_seed(1_000_003 * (seed + 1) + n))
-             for n in lengths}
+    tests = recall.eval_data(s, seed)
     MH_streams = (config.hidden_size * (4 if config.self_modifying else 3),)
     model = common.build(kind, config, seed, max(lengths))
     if conv != "identity":

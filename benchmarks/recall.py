@@ -324,19 +324,34 @@ def run(quick: bool = False, out=common.RESULTS, **overrides) -> dict:
         torch.set_num_threads(threads)
 
 
+def hope_config(s: dict) -> HopeConfig:
+    """The tiny preset on the task's vocabulary, with `s["hope_config"]`'s overrides (Llama is matched to it)."""
+    return HopeConfig.from_preset("tiny", vocab_size=VOCAB_SIZE, pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS,
+                                  **s["hope_config"])
+
+
+def training_data(s: dict, seed: int):
+    """(input_ids, labels) of one seed's training run, in training order (`s["curriculum"]`)."""
+    n, L, pc, gen = s["steps"] * s["batch_size"], s["seq_len"], s["pair_counts"], torch.Generator().manual_seed(seed)
+    if s["curriculum"] == "none":
+        return make_data(n, L, pc, gen)[:2]
+    return make_curriculum(n, L, curriculum_stages(pc, s["curriculum"]), gen)
+
+
+def eval_data(s: dict, seed: int) -> dict:
+    """{length: (input_ids, labels, pairs)} of one seed's test sets, each from its own generator."""
+    pc = s["pair_counts"]
+    return {n: make_data(s["eval_seqs"] * len(pc), n, pc, torch.Generator().manual_seed(1_000_003 * (seed + 1) + n))
+            for n in (s["seq_len"] * m for m in s["multiples"])}
+
+
 def _train_and_test(config, s: dict, seed: int) -> dict:
     """Both models trained and tested with one seed: {kind: per-model results}."""
     L = s["seq_len"]
     lengths = [L * m for m in s["multiples"]]
     pc = s["pair_counts"]
-    gen = torch.Generator().manual_seed(seed)
-    if s["curriculum"] != "none":
-        train_ids, train_labels = make_curriculum(s["steps"] * s["batch_size"], L,
-                                                  curriculum_stages(pc, s["curriculum"]), gen)
-    else:
-        train_ids, train_labels, _ = make_data(s["steps"] * s["batch_size"], L, pc, gen)
-    tests = {n: make_data(s["eval_seqs"] * len(pc), n, pc, torch.Generator().manual_seed(1_000_003 * (seed + 1) + n))
-             for n in lengths}
+    train_ids, train_labels = training_data(s, seed)
+    tests = eval_data(s, seed)
     models = {}
     for kind in tqdm(("hope", "llama"), desc=f"{NAME} seed {seed}"):
         model = common.build(kind, config, seed, max(lengths))
@@ -386,8 +401,7 @@ def _run(quick: bool, out, s: dict) -> dict:
     bench = common.Run(threads=1)  # honours BENCH_THREADS
     L = s["seq_len"]
     lengths = [L * m for m in s["multiples"]]
-    config = HopeConfig.from_preset("tiny", vocab_size=VOCAB_SIZE, pad_token_id=PAD, bos_token_id=BOS,
-                                    eos_token_id=EOS, **s["hope_config"])
+    config = hope_config(s)
     if any(n % config.span_size for n in lengths):
         raise ValueError(f"every length must be a multiple of Hope's smallest CMS chunk {config.span_size}: {lengths}")
     pc = s["pair_counts"]
