@@ -25,10 +25,11 @@ space) and gets no gradient into its query path for the first `query_warmup` ste
 issue #10 (tiny, 2,000 steps, seeds 0/1/2; `benchmarks/recall_findings.md`): without them Hope's queries for
 different records collapsed to one vector within the first 200 steps and it copied some value of the context
 instead of binding (43.0% at 4L). Llama trains without the query warm-up, which only hurt it (its `q_proj` held for
-800 steps: passkey 84% instead of 100%, all pairs at 4L 25.7% instead of 29.8%). Llama's RoPE table covers the longest test length. The test sets come from other seeds, one per
-length. Small batches and many steps: in a passkey-only probe (P = 1, L = 64) Hope learned the task in 1200 steps of
-4 sequences and not at all in 300 steps of 16 (the same sequences). Hope tiny's CMS levels step every 64 and 256
-tokens, so at L = 128 the 256-token level never steps during training but does at 4L.
+800 steps: passkey 84% instead of 100%, all pairs at 4L 25.7% instead of 29.8%). Llama's RoPE table covers the
+longest test length. The test sets come from other seeds, one per length. Small batches and many steps: in a
+passkey-only probe (P = 1, L = 64) Hope learned the task in 1200 steps of 4 sequences and not at all in 300 steps of
+16 (the same sequences). Hope tiny's CMS levels step every 64 and 256 tokens, so at L = 128 the 256-token level never
+steps during training but does at 4L.
 
 Writes `<out>/recall.json` (setup, per model: params, accuracies per test length overall and per P, answer loss,
 training loss per step, median s/step; the target check "Hope >= 90% at 4L" as data) and `<out>/recall.png`
@@ -150,13 +151,15 @@ def shifted_key_init(model) -> None:
     need 2). With the identity conv the keys cannot see the key token at the value's position, and the queries had
     no gradient towards the keys: they collapsed to one vector on every seed."""
     c = model.config
-    D, d, K = c.hidden_size, c.head_dim, c.conv_size
+    H, K = c.num_attention_heads, c.conv_size
     with torch.no_grad():
         for layer in model.model.layers:
             mem = layer.memory
-            for h in range(c.num_attention_heads):
-                mem.conv_weight[D + h * d:D + (h + 1) * d, -1 - h % K] = 1.0
-            mem.in_proj.weight[:D] = mem.in_proj.weight[D:2 * D]
+            conv = mem.conv_weight.view(mem.n_streams, H, c.head_dim, K)    # streams q, k, v(, gate); taps t-K+1..t
+            for h in range(H):
+                conv[1, h, :, -1 - h % K] = 1.0
+            proj = mem.in_proj.weight.view(mem.n_streams, c.hidden_size, c.hidden_size)
+            proj[0] = proj[1]
 
 
 def query_parameters(model) -> list:
