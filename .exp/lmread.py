@@ -1,6 +1,6 @@
 """lm_quality's tiny setup (one corpus, one seed) for Hope with the output memory's read variant `full` (paper),
 `delta` (M_{t-1}(q) - M_0(q)) or `noskip` (M_{t-1}(q) - q), or `shifted`: the full read from
-benchmarks.recall's shifted_key_init. Usage: lmread.py CORPUS SEED READ"""
+benchmarks.recall's shifted_key_init; CFG (JSON): HopeConfig overrides. Usage: lmread.py CORPUS SEED READ [CFG]"""
 import sys, json, time, torch
 from benchmarks import common, lm_quality
 from hope_hf import modeling_hope as MH, memory_hope as MM
@@ -20,7 +20,7 @@ s = lm_quality.FULL
 docs = common.corpus(name, s["max_chars"])
 tok = common.tokenizer_for(docs, s["vocab_size"])
 blocks = common.to_blocks(docs, tok, s["seq_len"])
-config = common.hope_config(s["preset"], tok)
+config = common.hope_config(s["preset"], tok, **(json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}))
 train, val = common.split_blocks(blocks, s["val_blocks"], seed)
 model = common.build("hope", config, seed, s["seq_len"])
 if read == "shifted":
@@ -30,5 +30,5 @@ t = time.perf_counter()
 r = common.train_lm(model, train, s["steps"], batch_size=s["batch_size"], lr=s["lr"], seed=seed,
                     evals={"val": val}, eval_every=s["eval_every"], desc=f"{name}/{read}")
 loss = common.final_eval(r, "val")
-print(json.dumps({"corpus": name, "seed": seed, "read": read, "val_perplexity": round(common.perplexity(loss), 3),
+print(json.dumps({"corpus": name, "seed": seed, "read": read, "cfg": sys.argv[4:], "val_perplexity": round(common.perplexity(loss), 3),
                   "train_s": round(time.perf_counter() - t)}))

@@ -1,0 +1,41 @@
+"""Hope alone with benchmarks.recall's recipe and HopeConfig overrides CFG (JSON): recall accuracy at L / 2L / 4L,
+then the logit gain from a 1e-6 nudge of token 0 per 512-token window (float64) and float32 one call vs split at
+1000, on one 4,096-token P = 8 sequence. PYTHONPATH=. python .exp/recall_stability.py SEED 'CFG' [TAG]"""
+import json, sys, time, torch
+from benchmarks import recall, common
+
+torch.set_num_threads(1)
+seed, cfg = int(sys.argv[1]), json.loads(sys.argv[2])
+tag = sys.argv[3] if len(sys.argv) > 3 else ""
+s = recall.settings(False, {"hope_config": cfg})
+L, pc = s["seq_len"], s["pair_counts"]
+config = recall.hope_config(s)
+ids, labels = recall.training_data(s, seed)
+tests = recall.eval_data(s, seed)
+model = common.build("hope", config, seed, 4 * L)
+recall.shifted_key_init(model)
+t = time.perf_counter()
+tr = common.train_lm(model, ids, s["steps"], batch_size=s["batch_size"], lr=s["lr"], seed=seed, labels=labels,
+                     desc=None, shuffle=False, after_backward=recall.query_warmup(model, s["query_warmup"]))
+if tag:
+    torch.save(model.state_dict(), f"/work/ckpt/recall_{tag}_s{seed}.pt")
+out = {"seed": seed, "cfg": cfg, "train_s": round(time.perf_counter() - t), "diverged": tr["diverged"]}
+evals = [recall.evaluate_length(model, *tests[n], pc) for n in sorted(tests)]
+out["accuracy"] = [round(100 * e["accuracy"], 1) for e in evals]
+out["by_pairs_4L"] = {p: round(100 * evals[-1]["accuracy_by_pairs"][str(p)], 1) for p in pc}
+model.eval()
+x, _ = recall.make_batch(1, 4096, 8, 8, torch.Generator().manual_seed(11))
+with torch.no_grad():
+    one = model(input_ids=x).logits
+    first = model(input_ids=x[:, :1000], use_cache=True)
+    rest = model(input_ids=x[:, 1000:], past_key_values=first.past_key_values, use_cache=True)
+    d = (one - torch.cat([first.logits, rest.logits], 1)).abs().amax(-1)[0]
+    out["split_diff_per_512"] = [float(f"{d[i:i + 512].max().item():.2g}") for i in range(0, 4096, 512)]
+    m = model.double()
+    e = m.model.embed_tokens(x)
+    base = m(inputs_embeds=e, use_cache=False).logits
+    nudged = e.clone()
+    nudged[:, 0] += 1e-6 * torch.randn(e.shape[-1], dtype=e.dtype, generator=torch.Generator().manual_seed(1))
+    g = (m(inputs_embeds=nudged, use_cache=False).logits - base).abs().amax((0, 2)) / 1e-6
+    out["gain_per_512"] = [float(f"{g[i:i + 512].max().item():.2g}") for i in range(0, 4096, 512)]
+print(json.dumps(out), flush=True)
