@@ -11,9 +11,9 @@ torch.set_num_threads(1)
 seed = int(sys.argv[1])
 s = recall.settings(False, {})
 L = s["seq_len"]
-config = recall.hope_config(s)
+config = recall.hope_config(s) if "CKPT" in os.environ else recall.hope_config({**s, "hope_config": {"memory_objective": "l2"}})
 model = common.build("hope", config, seed, 4 * L)
-path = f"/work/ckpt/recall_s{seed}.pt"
+path = os.environ.get("CKPT", f"/work/ckpt/recall_s{seed}.pt")     # CKPT: a model trained with the default config
 if os.path.exists(path):
     model.load_state_dict(torch.load(path))
 else:
@@ -23,13 +23,13 @@ else:
                     desc="hope", shuffle=False, after_backward=recall.query_warmup(model, s["query_warmup"]))
     torch.save(model.state_dict(), path)
 model.eval()
-x, _ = recall.make_batch(1, 4096, 8, 8, torch.Generator().manual_seed(11))
+x, _ = recall.make_batch(1, 4096, 8, 8, torch.Generator().manual_seed(int(os.environ.get("XSEED", 11))))
 orig_update, orig_errors = mh.memory_update, mh.memory_errors
 VAR = {"v": "base"}
 
 
 def patched_update(state, k, v, eta, log_alpha, log_beta, mask, objective, use_dgd, reference=False, query=None,
-                   prior=None, self_target=True):
+                   prior=None, self_target=True, delta=None):
     out_mem = query is not None
     var = VAR["v"]
     if var == "no_proj_writes" and not out_mem:
@@ -38,35 +38,37 @@ def patched_update(state, k, v, eta, log_alpha, log_beta, mask, objective, use_d
         eta = torch.zeros_like(eta)
     if out_mem and var.startswith("huber"):
         tau = float(var[5:])
-        def errors(W1, W2, k, v, objective="l2", self_target=True):
+        def errors(W1, W2, k, v, objective="l2", self_target=True, delta=None):
             return huber_errors(W1, W2, k, v, tau, self_target)
         mh.memory_errors = errors
         try:
             return orig_update(state, k, v, eta, log_alpha, log_beta, mask, objective, use_dgd, reference, query,
-                               prior, self_target)
+                               prior, self_target, delta)
         finally:
             mh.memory_errors = orig_errors
-    if out_mem and var in ("no_out_W2", "no_out_W1", "clip_d2", "clip_d2_01", "clip_both"):
-        def errors(W1, W2, k, v, objective="l2", self_target=True):
-            n, d1, d2 = orig_errors(W1, W2, k, v, objective, self_target)
+    if out_mem and var in ("no_out_W2", "no_out_W1", "clip_d2", "clip_d2_01", "clip_both", "clipd2_huber") or out_mem and var.startswith("d2x"):
+        def errors(W1, W2, k, v, objective="l2", self_target=True, delta=None):
+            n, d1, d2 = orig_errors(W1, W2, k, v, objective, self_target, delta)
             if var == "no_out_W2":
                 d2 = torch.zeros_like(d2)
             if var == "no_out_W1":
                 d1 = torch.zeros_like(d1)
-            if var in ("clip_d2", "clip_d2_01", "clip_both"):
+            if var in ("clip_d2", "clip_d2_01", "clip_both", "clipd2_huber"):
                 tau = 0.1 if var == "clip_d2_01" else 1.0
                 d2 = d2 * (tau / d2.norm(dim=-1, keepdim=True).clamp_min(tau))
+            if var.startswith("d2x"):
+                d2 = d2 * float(var[3:])
             if var == "clip_both":
                 d1 = d1 * (1.0 / d1.norm(dim=-1, keepdim=True).clamp_min(1.0))
             return n, d1, d2
         mh.memory_errors = errors
         try:
             return orig_update(state, k, v, eta, log_alpha, log_beta, mask, objective, use_dgd, reference, query,
-                               prior, self_target)
+                               prior, self_target, delta)
         finally:
             mh.memory_errors = orig_errors
     return orig_update(state, k, v, eta, log_alpha, log_beta, mask, objective, use_dgd, reference, query, prior,
-                       self_target)
+                       self_target, delta)
 
 
 def huber_errors(W1, W2, k, v, tau, self_target):

@@ -1,6 +1,8 @@
 """How short a recall training makes the l2 memory chaotic? benchmarks.recall's recipe with STEPS steps (warm-up 40%)
 and HopeConfig overrides CFG; gain from a 1e-6 nudge of token 0 per 256-token window out to LEN tokens (float64).
-PYTHONPATH=. python .exp/chaos_steps.py SEED STEPS 'CFG' LEN"""
+PYTHONPATH=. python .exp/chaos_steps.py SEED STEPS 'CFG' LEN
+chaos_steps.jsonl's rows predate memory_grad_clip (they ran unclipped: add "memory_grad_clip": null to reproduce them);
+its "huber" row used the Huber objective of commit 2c80df5, since removed."""
 import json, sys, time, torch
 from benchmarks import recall, common
 

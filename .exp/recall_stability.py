@@ -1,6 +1,7 @@
 """Hope alone with benchmarks.recall's recipe and HopeConfig overrides CFG (JSON): recall accuracy at L / 2L / 4L,
 then the logit gain from a 1e-6 nudge of token 0 per 512-token window (float64) and float32 one call vs split at
-1000, on one 4,096-token P = 8 sequence. PYTHONPATH=. python .exp/recall_stability.py SEED 'CFG' [TAG]"""
+1000, on one 4,096-token P = 8 sequence. PYTHONPATH=. python .exp/recall_stability.py SEED 'CFG' [TAG]
+recall_s22.jsonl: the "huber" rows ran the Huber objective of commit 2c80df5 (since removed), unclipped."""
 import json, sys, time, torch
 from benchmarks import recall, common
 

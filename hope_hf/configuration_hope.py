@@ -8,7 +8,7 @@ import math
 from transformers import PreTrainedConfig
 
 TEACH_SIGNALS = ("final",)
-MEMORY_OBJECTIVES = ("l2", "dot", "huber")
+MEMORY_OBJECTIVES = ("l2", "dot")
 
 # Preset shapes. tiny/small are ours, their chunk sizes chosen by measurement (projection/memory chunks 64/64: on
 # benchmarks.lm_quality's tiny setup the same validation perplexity as 16/64 within 0.1%, and the step 1.6x faster;
@@ -55,9 +55,9 @@ class HopeConfig(PreTrainedConfig):
     The self-modifying k/v/q/eta/alpha memories learn at s_h eta_t (a learned per-head scale starting at
     `projection_lr_scale_init`), the output memory at eta_t.
     Each CMS level adds g_l MLP_l(norm x) to the residual stream; the scales g_l start at `cms_out_scale_init`.
-    Inner loss of every memory (`memory_objective`): "huber" (default: 1/2 |M(k) - vhat|^2 while the residual is at
-    most `memory_huber_delta`, linear beyond: the error a write follows is at most delta long; with the l2 loss a
-    recall-trained model's output memory turned chaotic past 8x its training length), "l2" (Eq. 88/93) or "dot".
+    Every memory layer's inner gradient is clipped per token to Frobenius norm `memory_grad_clip` (None: unclipped):
+    a recall-trained output memory's residuals M(k) - M(v) are heavy-tailed, and unclipped their writes made it
+    chaotic past 8x its training length.
 
     Ablations: `self_modifying=False` (static k/v/q/eta/alpha projections: plain Titans LMM), `use_dgd=False`
     (plain gradient step with retention, Titans Eq. 13-14), `use_momentum=False`, `adaptive_query=False`
@@ -81,8 +81,8 @@ class HopeConfig(PreTrainedConfig):
     use_dgd: bool = True
     use_momentum: bool = True
     adaptive_query: bool = True
-    memory_objective: str = "huber"
-    memory_huber_delta: float = 1.0
+    memory_objective: str = "l2"
+    memory_grad_clip: float | None = 1.0
     memory_lr_max: float = 0.1
     memory_lr_init: float = 0.012
     memory_retention_init: list[float] | None = None
@@ -161,7 +161,6 @@ class HopeConfig(PreTrainedConfig):
         if self.memory_objective not in MEMORY_OBJECTIVES:
             raise ValueError(f"memory_objective must be one of {MEMORY_OBJECTIVES}, got {self.memory_objective!r}")
         for name, lo, hi in (("memory_lr_max", 0.0, 1.0), ("cms_lr_init", 0.0, None), ("rms_norm_eps", 0.0, None),
-                             ("memory_huber_delta", 0.0, None),
                              ("initializer_range", 0.0, 1.0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= lo or (hi is not None and v > hi):
@@ -170,6 +169,9 @@ class HopeConfig(PreTrainedConfig):
         if not 0 < self.memory_lr_init < self.memory_lr_max:
             raise ValueError(f"memory_lr_init must be in (0, memory_lr_max={self.memory_lr_max}), "
                              f"got {self.memory_lr_init!r}")
+        v = self.memory_grad_clip
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
+            raise ValueError(f"memory_grad_clip must be a number > 0 or None, got {v!r}")
         v = self.projection_lr_scale_init
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
             raise ValueError(f"projection_lr_scale_init must be a number in (0, 1), got {v!r}")

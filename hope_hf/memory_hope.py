@@ -13,6 +13,7 @@ reference); `dgd_chunk` gives the chunk-end state of C steps at once with one C 
 WY / UT form of the delta rule), and the in-chunk reads W_{t-1} x_t of the output memory (design.md A1) from
 C x C causally masked products; no loop over tokens.
 
+Each layer's per-token gradient delta_t a_t^T is clipped to Frobenius norm `memory_grad_clip` (`clip_outer`).
 Masked (padding or already-consumed) positions have e=0, rho=0, alpha=1, beta=1: they leave W and S untouched.
 A mask of None means every position is real (a fresh unpadded batch): the same numbers without the masking ops.
 """
@@ -164,14 +165,12 @@ def mlp_memory(W1, W2, z):
     return z + _unit(F.silu(z @ W2.transpose(-1, -2)))[0] @ W1.transpose(-1, -2)
 
 
-def memory_errors(W1, W2, k, v, objective="l2", self_target=True, delta=None):
+def memory_errors(W1, W2, k, v, objective="l2", self_target=True):
     """Closed-form inner-loss gradients of M at keys k: returns (n, delta1, delta2).
 
     The target is vhat = M(v) (self-generated, Eq. 87), or v itself with `self_target=False` (plain Titans).
-    L = 1/2 ||M(k) - vhat||^2 ("l2", Eq. 88/93), -<M(k), vhat> ("dot", Eq. 92) or the Huber loss of the residual
-    r = M(k) - vhat with threshold `delta` ("huber": l2 while |r| <= delta, linear beyond; Miras' robust attentional
-    bias), whose gradient is the l2 one with r scaled by min(1, delta / |r|). The gradient is delta1 n^T for W1
-    (input n = unit(silu(W2 k))) and delta2 k^T for W2. M(k) and M(v) come from one stacked pass."""
+    L = 1/2 ||M(k) - vhat||^2 ("l2", Eq. 88/93) or -<M(k), vhat> ("dot", Eq. 92). The gradient is
+    delta1 n^T for W1 (input n = unit(silu(W2 k))) and delta2 k^T for W2. M(k) and M(v) come from one stacked pass."""
     c = k.shape[-2]
     z = torch.cat([k, v], -2) if self_target else k
     pre_all = z @ W2.transpose(-1, -2)
@@ -179,28 +178,32 @@ def memory_errors(W1, W2, k, v, objective="l2", self_target=True, delta=None):
     M = z + n_all @ W1.transpose(-1, -2)
     pre, n, inv = pre_all[..., :c, :], n_all[..., :c, :], inv_all[..., :c, :]
     vhat = M[..., c:, :] if self_target else v
-    if objective == "dot":
-        r = -vhat.expand(*pre.shape[:-1], vhat.shape[-1])
-    else:
+    if objective == "l2":
         r = M[..., :c, :] - vhat
-        if objective == "huber":
-            r = r * (delta / torch.linalg.vector_norm(r, dim=-1, keepdim=True).clamp_min(delta))
+    else:
+        r = -vhat.expand(*pre.shape[:-1], vhat.shape[-1])
     gn = r @ W1                                                                   # dL/dn
     gs = (gn - n * (gn * n).sum(-1, keepdim=True)) * inv                          # through the unit norm
     sig = torch.sigmoid(pre)
     return n, r, gs * (sig * (1 + pre * (1 - sig)))
 
 
-def _inner_loss(W1, W2, k, vhat, objective, delta=None):
-    """The inner loss of `memory_errors`, summed over its vectors (the reference differentiates it with autograd)."""
+def clip_outer(d, a, clip):
+    """d scaled so that the rank-one gradient d a^T has Frobenius norm |d| |a| <= clip (per token; None: no clip)."""
+    if clip is None:
+        return d
+    norm = torch.linalg.vector_norm(d, dim=-1, keepdim=True) * torch.linalg.vector_norm(a, dim=-1, keepdim=True)
+    return d * (clip / norm.clamp_min(clip))
+
+
+def _clip_matrix(g, clip):
+    """Reference for `clip_outer`: one token's gradient matrix g scaled to Frobenius norm <= clip."""
+    return g if clip is None else g * (clip / torch.linalg.vector_norm(g, dim=(-2, -1), keepdim=True).clamp_min(clip))
+
+
+def _inner_loss(W1, W2, k, vhat, objective):
     out = mlp_memory(W1, W2, k)
-    if objective == "dot":
-        return -(out * vhat).sum()
-    sq = (out - vhat).pow(2).sum(-1)
-    if objective == "l2":
-        return 0.5 * sq.sum()
-    far = delta * (sq.clamp_min(delta ** 2).sqrt() - delta / 2)               # Huber: linear beyond |r| = delta
-    return torch.where(sq <= delta ** 2, 0.5 * sq, far).sum()
+    return 0.5 * (out - vhat).pow(2).sum() if objective == "l2" else -(out * vhat).sum()
 
 
 def init_memory_state(W1, W2, batch_size, momentum):
@@ -233,12 +236,12 @@ def _masked_gates(eta, log_alpha, log_beta, mask):
 
 
 def memory_update(state, k, v, eta, log_alpha, log_beta, mask, objective, use_dgd, reference=False, query=None,
-                  prior=None, self_target=True, delta=None):
+                  prior=None, self_target=True, clip=None):
     """Write tokens [k, vhat] into a memory group; gradients use the chunk-start state (W1r, W2r) (Eq. 90-91).
 
     The targets are vhat = M_{chunk start}(v) (self-generated, Eq. 87), or v with `self_target=False`.
     state tensors: [B, H, n, ...]; k, v: [B, H, 1, c, d]; eta, log_alpha: [B, H, c];
-    log_beta: [H] or None; mask: [B, c] or None (all real); `delta`: the Huber threshold of objective "huber". With
+    log_beta: [H] or None; mask: [B, c] or None (all real); `clip`: each layer's per-token inner gradient is scaled to Frobenius norm <= clip (None: unclipped). With
     `query` [B, H, n, c, d] also returns the reads
     M_{t-1}(q_t) of the running state before each position's own write and after every earlier one (Eq. 86/94;
     design.md A1), else None. `prior`: (P1, P2), the states the retention pulls W1, W2 back to (None: zero).
@@ -248,7 +251,8 @@ def memory_update(state, k, v, eta, log_alpha, log_beta, mask, objective, use_dg
     P1, P2 = (None, None) if prior is None else prior
     new = dict(state)
     if not reference:
-        h, d1, d2 = memory_errors(state["W1r"], state["W2r"], k, v, objective, self_target, delta)
+        h, d1, d2 = memory_errors(state["W1r"], state["W2r"], k, v, objective, self_target)
+        d1, d2 = clip_outer(d1, h, clip), clip_outer(d2, k, clip)
         if k.shape[-2] == 1:                     # one token (decoding): the step itself, gradient delta a^T
             read = None if query is None else mlp_memory(state["W1"], state["W2"], query)
             e, w = eta_m[..., 0], _write(mask, k.dtype, 0)
@@ -283,8 +287,8 @@ def memory_update(state, k, v, eta, log_alpha, log_beta, mask, objective, use_dg
             if query is not None:                                   # read before this token's write
                 reads.append(mlp_memory(new["W1"], new["W2"], query[..., t:t + 1, :]))
             kt, vt = k[..., t:t + 1, :], vhat[..., t:t + 1, :]
-            loss = _inner_loss(W1r, W2r, kt, vt, objective, delta)
-            g1, g2 = torch.autograd.grad(loss, (W1r, W2r), create_graph=True)
+            loss = _inner_loss(W1r, W2r, kt, vt, objective)
+            g1, g2 = (_clip_matrix(g, clip) for g in torch.autograd.grad(loss, (W1r, W2r), create_graph=True))
             h = _unit(F.silu(kt @ W2r.transpose(-1, -2)))[0][..., 0, :]
             e, la = eta_m[..., t], log_alpha[..., t]
             a, rho = torch.exp(la), (e if use_dgd else torch.zeros_like(e))
@@ -365,7 +369,7 @@ def projection_memories(params, state, u, mask, offset, cfg, reference=False):
         own_eta = projection_eta(eta * params["lr_scale"][:, None], log_alpha, params["log_beta"])
         state, _ = memory_update(state, k.unsqueeze(2), v.unsqueeze(2), own_eta, log_alpha, params["log_beta"],
                                  _cols(mask, f, f_end), cfg["memory_objective"], cfg["use_dgd"], reference, prior=M0,
-                                 delta=cfg.get("memory_huber_delta"))
+                                 clip=cfg.get("memory_grad_clip"))
         state = _commit_reads(state, (offset + f_end) % chunk == 0, mask, f_end)
         outs.append((k, v, q, eta, log_alpha))
     k, v, q, eta, log_alpha = (None if o[0] is None else torch.cat(o, dim=-2 if o[0].dim() == 4 else -1)
@@ -383,7 +387,9 @@ def output_memory(params, state, k, v, q, eta, log_alpha, mask, offset, cfg, ref
     Like the projection memories, its retention pulls the state back to M_0, not to 0 (issue #10): decaying W2 towards
     0 shrinks s = silu(W2 k), and the gradient through the unit norm n = s/|s| moves n by eta/|s|^2, so the trained
     memory turned chaotic past its training length (logit gain from a 1e-6 nudge of token 0: 44 at 8x, 2.5e5 at 16x;
-    with W2's writes switched off, or with the pull to M_0, <= 0.03 past the first window).
+    with W2's writes switched off, or with the pull to M_0, <= 0.03 past the first window). Trained on recall, its
+    residuals M(k) - M(v) are heavy-tailed (median 3.5, max 315 against unit keys) and W2's unclipped writes made it
+    chaotic anyway (gain 58 at 8x, 1.9e7 at 32x); the per-token gradient clip (`clip_outer`) bounds them.
     Returns (o [B, H, T, d], new_state)."""
     chunk = cfg["memory_chunk_size"]
     M0 = (params["W1"][None], params["W2"][None])
@@ -392,7 +398,7 @@ def output_memory(params, state, k, v, q, eta, log_alpha, mask, offset, cfg, ref
         state, o = memory_update(state, k[:, :, None, f:f_end], v[:, :, None, f:f_end], eta[..., f:f_end],
                                  log_alpha[..., f:f_end], params["log_beta"], _cols(mask, f, f_end),
                                  cfg["memory_objective"], cfg["use_dgd"], reference, query=q[:, :, None, f:f_end],
-                                 prior=M0, self_target=cfg["self_modifying"], delta=cfg.get("memory_huber_delta"))
+                                 prior=M0, self_target=cfg["self_modifying"], clip=cfg.get("memory_grad_clip"))
         state = _commit_reads(state, (offset + f_end) % chunk == 0, mask, f_end)
         outs.append(o[:, :, 0])
     return torch.cat(outs, dim=2), state

@@ -117,7 +117,7 @@ class HopeSelfModifyingMemory(nn.Module):
         c = self.config
         return {"projection_chunk_size": c.projection_chunk_size, "memory_chunk_size": c.memory_chunk_size,
                 "memory_lr_max": c.memory_lr_max, "memory_objective": c.memory_objective, "use_dgd": c.use_dgd,
-                "self_modifying": c.self_modifying, "memory_huber_delta": c.memory_huber_delta}
+                "self_modifying": c.self_modifying, "memory_grad_clip": c.memory_grad_clip}
 
     def init_state(self, batch_size, device, dtype):
         c = self.config

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hope_hf.memory_hope import (cms_grad, cms_grad_reference, dgd_chunk, dgd_step, init_memory_state, memory_errors,
+from hope_hf.memory_hope import (cms_grad, cms_grad_reference, dgd_chunk, dgd_step, init_memory_state,
                                  mlp_memory, output_memory, projection_memories)
 
 TOL = {torch.float64: 1e-9, torch.float32: 1e-5}
@@ -164,13 +164,13 @@ def _memory_setup(dtype, n, objective="l2", momentum=True, seed=0, B=2, H=2, d=4
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("variant", ["default", "no_momentum", "no_dgd", "dot", "huber", "fixed_q"])
+@pytest.mark.parametrize("variant", ["default", "no_momentum", "no_dgd", "dot", "clip", "fixed_q"])
 def test_projection_and_output_memories_fast_equal_reference(dtype, variant):
     n = 4 if variant == "fixed_q" else 5
     momentum = variant != "no_momentum"
     cfg = dict(projection_chunk_size=4, memory_chunk_size=8, memory_lr_max=0.1,
-               memory_objective=variant if variant in ("dot", "huber") else "l2", use_dgd=variant != "no_dgd",
-               self_modifying=True, memory_huber_delta=1.5)   # huber: ~1/2 of the residuals beyond delta
+               memory_objective="dot" if variant == "dot" else "l2", use_dgd=variant != "no_dgd",
+               self_modifying=True, memory_grad_clip=0.6 if variant == "clip" else None)  # binds for most W1, ~1/3 W2
     params, u, mask = _memory_setup(dtype, n, momentum=momentum)
     mem_W1 = (0.3 * torch.randn(2, 1, 4, 3, dtype=dtype)).requires_grad_(True)
     mem_W2 = torch.randn(2, 1, 3, 4, dtype=dtype).requires_grad_(True)
@@ -289,21 +289,19 @@ def test_projection_memories_stay_bounded_under_the_strongest_gates():
     assert gain.max() <= 10 and gain[-64:].max() <= gain[:64].max(), gain.view(8, -1).amax(-1)
 
 
-def test_huber_objective_is_l2_inside_delta_and_clipped_beyond():
-    """The "huber" errors equal "l2"'s for residuals |M(k) - M(v)| <= delta and are l2's scaled to norm delta beyond;
-    the fixture has residuals on both sides of delta, so neither branch is vacuous."""
-    dtype = torch.float64
-    g = torch.Generator().manual_seed(7)
-    W1, W2 = torch.randn(2, 4, 3, generator=g, dtype=dtype), torch.randn(2, 3, 4, generator=g, dtype=dtype)
-    k = F.normalize(torch.randn(2, 9, 4, generator=g, dtype=dtype), dim=-1)
-    v = torch.randn(2, 9, 4, generator=g, dtype=dtype)
-    _, r, d2 = memory_errors(W1, W2, k, v, "l2")
-    delta = r.norm(dim=-1).median().item()
-    _, rh, d2h = memory_errors(W1, W2, k, v, "huber", delta=delta)
-    inside = r.norm(dim=-1) <= delta
-    assert 0 < inside.sum() < inside.numel()
-    scale = (delta / r.norm(dim=-1, keepdim=True)).clamp_max(1)
-    torch.testing.assert_close(rh, r * scale, rtol=0, atol=1e-12)
-    torch.testing.assert_close(d2h, d2 * scale, rtol=0, atol=1e-12)
-    torch.testing.assert_close(rh.norm(dim=-1)[~inside], torch.full(((~inside).sum().item(),), delta, dtype=dtype),
-                               rtol=0, atol=1e-12)
+
+def test_clip_outer_bounds_the_rank_one_gradient_and_keeps_its_direction():
+    """clip_outer(d, a, c) d a^T = min(1, c / |d a^T|) d a^T, the Frobenius norm of `_clip_matrix`'s reference; rows
+    below the bound are untouched (the fixture has rows on both sides)."""
+    from hope_hf.memory_hope import _clip_matrix, clip_outer
+    g = torch.Generator().manual_seed(8)
+    d, a = torch.randn(3, 10, 5, generator=g, dtype=torch.float64), torch.randn(3, 10, 4, generator=g,
+                                                                                dtype=torch.float64)
+    full = d.unsqueeze(-1) * a.unsqueeze(-2)
+    norm = full.flatten(-2).norm(dim=-1)
+    c = norm.median().item()
+    assert 0 < (norm <= c).sum() < norm.numel()
+    clipped = clip_outer(d, a, c).unsqueeze(-1) * a.unsqueeze(-2)
+    torch.testing.assert_close(clipped, full * (c / norm).clamp_max(1)[..., None, None], rtol=0, atol=1e-12)
+    torch.testing.assert_close(clipped, _clip_matrix(full, c), rtol=0, atol=1e-12)
+    assert clip_outer(d, a, None) is d

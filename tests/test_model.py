@@ -41,8 +41,8 @@ def ids(B, T, seed=1, vocab=64):
     (dict(cms_chunk_sizes="16"), "cms_chunk_sizes"),
     (dict(cms_teach_signal="exact-ish"), "cms_teach_signal"),
     (dict(memory_objective="cosine"), "memory_objective"),
-    (dict(memory_huber_delta=0.0), "memory_huber_delta"),
-    (dict(memory_huber_delta="1"), "memory_huber_delta"),
+    (dict(memory_grad_clip=0.0), "memory_grad_clip"),
+    (dict(memory_grad_clip="1"), "memory_grad_clip"),
     (dict(use_dgd="yes"), "use_dgd"),
     (dict(memory_lr_max=0.0), "memory_lr_max"),
     (dict(pad_token_id=64), "pad_token_id"),
@@ -419,7 +419,7 @@ def test_ablation_flags_build_and_run():
     x = ids(1, 40)
     for kw in (dict(self_modifying=False), dict(use_dgd=False), dict(use_momentum=False),
                dict(adaptive_query=False), dict(cms_chunk_sizes=[]), dict(memory_objective="dot"),
-               dict(memory_objective="l2"), dict(memory_objective="huber")):
+               dict(memory_grad_clip=None)):
         model = make_model(**kw)
         out = model(input_ids=x, labels=x)
         assert torch.isfinite(out.loss)
