@@ -244,8 +244,9 @@ def memory_update(state, k, v, eta, log_alpha, log_beta, mask, objective, use_dg
     log_beta: [H] or None; mask: [B, c] or None (all real); clip: the bound of each layer's per-token gradient norm
     (`clip_outer`; None: unclipped). With `query` [B, H, n, c, d] also returns the reads M_{t-1}(q_t) of the running
     state before each position's own write and after every earlier one (Eq. 86/94; design.md A1), else None.
-    `prior`: (P1, P2), the states the retention pulls W1, W2 back to (None: zero). The fast path uses `dgd_chunk` (one token: `dgd_step`); the reference steps token by token with `dgd_step`,
-    autograd gradients of the inner loss (Eq. 88 literally) and `mlp_memory` reads. Returns (new_state, reads)."""
+    `prior`: (P1, P2), the states the retention pulls W1, W2 back to (None: zero). The fast path uses `dgd_chunk`
+    (one token: `dgd_step`); the reference steps token by token with `dgd_step`, autograd gradients of the inner
+    loss (Eq. 88 literally, then clipped) and `mlp_memory` reads. Returns (new_state, reads)."""
     eta_m, log_alpha, log_beta = _masked_gates(eta, log_alpha, log_beta, mask)
     P1, P2 = (None, None) if prior is None else prior
     new = dict(state)
