@@ -11,7 +11,7 @@ torch.set_num_threads(1)
 seed = int(sys.argv[1])
 s = recall.settings(False, {})
 L = s["seq_len"]
-config = recall.hope_config(s) if "CKPT" in os.environ else recall.hope_config({**s, "hope_config": {"memory_objective": "l2"}})
+config = recall.hope_config(s) if "CKPT" in os.environ else recall.hope_config({**s, "hope_config": {"memory_grad_clip": None}})
 model = common.build("hope", config, seed, 4 * L)
 path = os.environ.get("CKPT", f"/work/ckpt/recall_s{seed}.pt")     # CKPT: a model trained with the default config
 if os.path.exists(path):
@@ -29,26 +29,29 @@ VAR = {"v": "base"}
 
 
 def patched_update(state, k, v, eta, log_alpha, log_beta, mask, objective, use_dgd, reference=False, query=None,
-                   prior=None, self_target=True, delta=None):
+                   prior=None, self_target=True, clip=None):
     out_mem = query is not None
     var = VAR["v"]
     if var == "no_proj_writes" and not out_mem:
         eta = torch.zeros_like(eta)
     if var == "no_out_writes" and out_mem:
         eta = torch.zeros_like(eta)
+    if var.startswith("clip") and var[4:].replace(".", "").isdigit():   # clipTAU: every memory, as memory_grad_clip
+        return orig_update(state, k, v, eta, log_alpha, log_beta, mask, objective, use_dgd, reference, query, prior,
+                           self_target, clip=float(var[4:]))
     if out_mem and var.startswith("huber"):
         tau = float(var[5:])
-        def errors(W1, W2, k, v, objective="l2", self_target=True, delta=None):
+        def errors(W1, W2, k, v, objective="l2", self_target=True):
             return huber_errors(W1, W2, k, v, tau, self_target)
         mh.memory_errors = errors
         try:
             return orig_update(state, k, v, eta, log_alpha, log_beta, mask, objective, use_dgd, reference, query,
-                               prior, self_target, delta)
+                               prior, self_target, clip)
         finally:
             mh.memory_errors = orig_errors
     if out_mem and var in ("no_out_W2", "no_out_W1", "clip_d2", "clip_d2_01", "clip_both", "clipd2_huber") or out_mem and var.startswith("d2x"):
-        def errors(W1, W2, k, v, objective="l2", self_target=True, delta=None):
-            n, d1, d2 = orig_errors(W1, W2, k, v, objective, self_target, delta)
+        def errors(W1, W2, k, v, objective="l2", self_target=True):
+            n, d1, d2 = orig_errors(W1, W2, k, v, objective, self_target, clip)
             if var == "no_out_W2":
                 d2 = torch.zeros_like(d2)
             if var == "no_out_W1":
@@ -64,11 +67,11 @@ def patched_update(state, k, v, eta, log_alpha, log_beta, mask, objective, use_d
         mh.memory_errors = errors
         try:
             return orig_update(state, k, v, eta, log_alpha, log_beta, mask, objective, use_dgd, reference, query,
-                               prior, self_target, delta)
+                               prior, self_target, clip)
         finally:
             mh.memory_errors = orig_errors
     return orig_update(state, k, v, eta, log_alpha, log_beta, mask, objective, use_dgd, reference, query, prior,
-                       self_target, delta)
+                       self_target, clip)
 
 
 def huber_errors(W1, W2, k, v, tau, self_target):

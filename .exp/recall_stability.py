@@ -2,10 +2,15 @@
 then the logit gain from a 1e-6 nudge of token 0 per 512-token window (float64) and float32 one call vs split at
 1000, on one 4,096-token P = 8 sequence. PYTHONPATH=. python .exp/recall_stability.py SEED 'CFG' [TAG]
 recall_s22.jsonl: the "huber" rows ran the Huber objective of commit 2c80df5 (since removed), unclipped."""
-import json, sys, time, torch
+import json, os, sys, time, torch
 from benchmarks import recall, common
 
 torch.set_num_threads(1)
+if os.environ.get("OUT_ONLY"):      # memory_grad_clip for the output memory only (the projection memories unclipped)
+    from hope_hf import modeling_hope as MH
+    _proj = MH.projection_memories
+    MH.projection_memories = lambda p, st, u, m, off, cfg, *a, **kw: _proj(p, st, u, m, off,
+                                                                           {**cfg, "memory_grad_clip": None}, *a, **kw)
 seed, cfg = int(sys.argv[1]), json.loads(sys.argv[2])
 tag = sys.argv[3] if len(sys.argv) > 3 else ""
 s = recall.settings(False, {"hope_config": cfg})
@@ -20,7 +25,7 @@ tr = common.train_lm(model, ids, s["steps"], batch_size=s["batch_size"], lr=s["l
                      desc=None, shuffle=False, after_backward=recall.query_warmup(model, s["query_warmup"]))
 if tag:
     torch.save(model.state_dict(), f"/work/ckpt/recall_{tag}_s{seed}.pt")
-out = {"seed": seed, "cfg": cfg, "train_s": round(time.perf_counter() - t), "diverged": tr["diverged"]}
+out = {"seed": seed, "cfg": cfg, "out_only": bool(os.environ.get("OUT_ONLY")), "train_s": round(time.perf_counter() - t), "diverged": tr["diverged"]}
 evals = [recall.evaluate_length(model, *tests[n], pc) for n in sorted(tests)]
 out["accuracy"] = [round(100 * e["accuracy"], 1) for e in evals]
 out["by_pairs_4L"] = {p: round(100 * evals[-1]["accuracy_by_pairs"][str(p)], 1) for p in pc}

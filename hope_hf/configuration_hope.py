@@ -55,9 +55,10 @@ class HopeConfig(PreTrainedConfig):
     The self-modifying k/v/q/eta/alpha memories learn at s_h eta_t (a learned per-head scale starting at
     `projection_lr_scale_init`), the output memory at eta_t.
     Each CMS level adds g_l MLP_l(norm x) to the residual stream; the scales g_l start at `cms_out_scale_init`.
-    Every memory layer's inner gradient is clipped per token to Frobenius norm `memory_grad_clip` (None: unclipped):
-    a recall-trained output memory's residuals M(k) - M(v) are heavy-tailed, and unclipped their writes made it
-    chaotic past 8x its training length.
+    `memory_grad_clip` (default None: off) clips every memory layer's per-token inner gradient to that Frobenius
+    norm: 1.0 keeps a recall-trained model stable far past its training length (unclipped, its output memory's
+    heavy-tailed residuals M(k) - M(v) made it chaotic past 8x), but it also kept 2 of 3 recall seeds from learning
+    the task (README, "Clipped inner gradients").
 
     Ablations: `self_modifying=False` (static k/v/q/eta/alpha projections: plain Titans LMM), `use_dgd=False`
     (plain gradient step with retention, Titans Eq. 13-14), `use_momentum=False`, `adaptive_query=False`
@@ -82,7 +83,7 @@ class HopeConfig(PreTrainedConfig):
     use_momentum: bool = True
     adaptive_query: bool = True
     memory_objective: str = "l2"
-    memory_grad_clip: float | None = 1.0
+    memory_grad_clip: float | None = None
     memory_lr_max: float = 0.1
     memory_lr_init: float = 0.012
     memory_retention_init: list[float] | None = None

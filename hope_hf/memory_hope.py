@@ -13,7 +13,7 @@ reference); `dgd_chunk` gives the chunk-end state of C steps at once with one C 
 WY / UT form of the delta rule), and the in-chunk reads W_{t-1} x_t of the output memory (design.md A1) from
 C x C causally masked products; no loop over tokens.
 
-Each layer's per-token gradient delta_t a_t^T is clipped to Frobenius norm `memory_grad_clip` (`clip_outer`).
+With `memory_grad_clip` set, each layer's per-token gradient delta_t a_t^T is clipped to that Frobenius norm.
 Masked (padding or already-consumed) positions have e=0, rho=0, alpha=1, beta=1: they leave W and S untouched.
 A mask of None means every position is real (a fresh unpadded batch): the same numbers without the masking ops.
 """
@@ -389,7 +389,7 @@ def output_memory(params, state, k, v, q, eta, log_alpha, mask, offset, cfg, ref
     memory turned chaotic past its training length (logit gain from a 1e-6 nudge of token 0: 44 at 8x, 2.5e5 at 16x;
     with W2's writes switched off, or with the pull to M_0, <= 0.03 past the first window). Trained on recall, its
     residuals M(k) - M(v) are heavy-tailed (median 3.5, max 315 against unit keys) and W2's unclipped writes made it
-    chaotic anyway (gain 58 at 8x, 1.9e7 at 32x); the per-token gradient clip (`clip_outer`) bounds them.
+    chaotic anyway (gain 58 at 8x, 1.9e7 at 32x); the optional per-token gradient clip (`clip_outer`) bounds them.
     Returns (o [B, H, T, d], new_state)."""
     chunk = cfg["memory_chunk_size"]
     M0 = (params["W1"][None], params["W2"][None])
