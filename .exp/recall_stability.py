@@ -23,9 +23,17 @@ recall.shifted_key_init(model)
 t = time.perf_counter()
 tr = common.train_lm(model, ids, s["steps"], batch_size=s["batch_size"], lr=s["lr"], seed=seed, labels=labels,
                      desc=None, shuffle=False, after_backward=recall.query_warmup(model, s["query_warmup"]))
+if os.environ.get("FINETUNE_CLIP"):  # then N more steps with memory_grad_clip 1.0 on the last N x batch sequences
+    n = int(os.environ["FINETUNE_CLIP"])
+    model.config.memory_grad_clip = 1.0
+    common.train_lm(model, ids[-n * s["batch_size"]:], n, batch_size=s["batch_size"], lr=1e-3, seed=seed,
+                    labels=labels[-n * s["batch_size"]:], desc=None, shuffle=False)
+    out_ft = {"finetune_clip_steps": n}
+else:
+    out_ft = {}
 if tag:
     torch.save(model.state_dict(), f"/work/ckpt/recall_{tag}_s{seed}.pt")
-out = {"seed": seed, "cfg": cfg, "out_only": bool(os.environ.get("OUT_ONLY")), "train_s": round(time.perf_counter() - t), "diverged": tr["diverged"]}
+out = {"seed": seed, "cfg": cfg, "out_only": bool(os.environ.get("OUT_ONLY")), **out_ft, "train_s": round(time.perf_counter() - t), "diverged": tr["diverged"]}
 evals = [recall.evaluate_length(model, *tests[n], pc) for n in sorted(tests)]
 out["accuracy"] = [round(100 * e["accuracy"], 1) for e in evals]
 out["by_pairs_4L"] = {p: round(100 * evals[-1]["accuracy_by_pairs"][str(p)], 1) for p in pc}
