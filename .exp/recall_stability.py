@@ -6,6 +6,14 @@ import json, os, sys, time, torch
 from benchmarks import recall, common
 
 torch.set_num_threads(1)
+if os.environ.get("W2_ONLY"):       # memory_grad_clip on every memory's first layer (W2) only, W1 unclipped
+    from hope_hf import memory_hope as MM
+    _clip, _calls = MM.clip_outer, [0]
+
+    def _w2_only(d, a, clip):          # memory_update clips (d1, n) then (d2, k)
+        _calls[0] += 1
+        return _clip(d, a, clip if _calls[0] % 2 == 0 else None)
+    MM.clip_outer = _w2_only
 if os.environ.get("OUT_ONLY"):      # memory_grad_clip for the output memory only (the projection memories unclipped)
     from hope_hf import modeling_hope as MH
     _proj = MH.projection_memories
@@ -33,7 +41,7 @@ else:
     out_ft = {}
 if tag:
     torch.save(model.state_dict(), f"/work/ckpt/recall_{tag}_s{seed}.pt")
-out = {"seed": seed, "cfg": cfg, "out_only": bool(os.environ.get("OUT_ONLY")), **out_ft, "train_s": round(time.perf_counter() - t), "diverged": tr["diverged"]}
+out = {"seed": seed, "cfg": cfg, "out_only": bool(os.environ.get("OUT_ONLY")), "w2_only": bool(os.environ.get("W2_ONLY")), **out_ft, "train_s": round(time.perf_counter() - t), "diverged": tr["diverged"]}
 evals = [recall.evaluate_length(model, *tests[n], pc) for n in sorted(tests)]
 out["accuracy"] = [round(100 * e["accuracy"], 1) for e in evals]
 out["by_pairs_4L"] = {p: round(100 * evals[-1]["accuracy_by_pairs"][str(p)], 1) for p in pc}
