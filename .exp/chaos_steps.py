@@ -4,18 +4,15 @@ PYTHONPATH=. python .exp/chaos_steps.py SEED STEPS 'CFG' LEN
 chaos_steps.jsonl's rows predate memory_grad_clip (they ran unclipped: add "memory_grad_clip": null to reproduce them);
 its "huber" row used the Huber objective of commit 2c80df5, since removed."""
 import json, sys, time, torch
-from benchmarks import recall, common
+from benchmarks import recall
 
 torch.set_num_threads(1)
 seed, steps, cfg, n = int(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4])
 s = recall.settings(False, {"hope_config": cfg, "steps": steps, "query_warmup": int(0.4 * steps)})
 config = recall.hope_config(s)
 ids, labels = recall.training_data(s, seed)
-model = common.build("hope", config, seed, 4 * s["seq_len"])
-recall.shifted_key_init(model)
 t = time.perf_counter()
-common.train_lm(model, ids, s["steps"], batch_size=s["batch_size"], lr=s["lr"], seed=seed, labels=labels,
-                desc=None, shuffle=False, after_backward=recall.query_warmup(model, s["query_warmup"]))
+model, _ = recall.train_model("hope", config, s, seed, ids, labels, 4 * s["seq_len"])
 train_s = time.perf_counter() - t
 x, _ = recall.make_batch(1, n, 8, 8, torch.Generator().manual_seed(11))
 m = model.eval().double()

@@ -3,7 +3,7 @@ benchmark does, then on one 4,096-token recall sequence (P = 8): the logits' gai
 512-token window (float64) and float32 one call vs split calls (cut at 1000) per 512 tokens. Also with the output
 memory's W2 writes off. PYTHONPATH=. python .exp/recall_chaos.py SEED"""
 import json, sys, torch
-from benchmarks import recall, common
+from benchmarks import recall
 
 torch.set_num_threads(1)
 seed = int(sys.argv[1])
@@ -11,10 +11,7 @@ s = recall.settings(False, {})
 L, pc = s["seq_len"], s["pair_counts"]
 config = recall.hope_config(s)
 ids, labels = recall.training_data(s, seed)
-model = common.build("hope", config, seed, 4 * L)
-recall.shifted_key_init(model)
-common.train_lm(model, ids, s["steps"], batch_size=s["batch_size"], lr=s["lr"], seed=seed, labels=labels,
-                desc="hope", shuffle=False, after_backward=recall.query_warmup(model, s["query_warmup"]))
+model, _ = recall.train_model("hope", config, s, seed, ids, labels, 4 * L)
 model.eval()
 x, _ = recall.make_batch(1, 4096, 8, 8, torch.Generator().manual_seed(11))
 W = 512

@@ -26,11 +26,8 @@ L, pc = s["seq_len"], s["pair_counts"]
 config = recall.hope_config(s)
 ids, labels = recall.training_data(s, seed)
 tests = recall.eval_data(s, seed)
-model = common.build("hope", config, seed, 4 * L)
-recall.shifted_key_init(model)
 t = time.perf_counter()
-tr = common.train_lm(model, ids, s["steps"], batch_size=s["batch_size"], lr=s["lr"], seed=seed, labels=labels,
-                     desc=None, shuffle=False, after_backward=recall.query_warmup(model, s["query_warmup"]))
+model, tr = recall.train_model("hope", config, s, seed, ids, labels, 4 * L)
 if os.environ.get("FINETUNE_CLIP"):  # then N more steps with memory_grad_clip 1.0 on the last N x batch sequences
     n = int(os.environ["FINETUNE_CLIP"])
     model.config.memory_grad_clip = 1.0

@@ -348,6 +348,19 @@ def eval_data(s: dict, seed: int) -> dict:
             for n in (s["seq_len"] * m for m in s["multiples"])}
 
 
+def train_model(kind: str, config, s: dict, seed: int, ids, labels, max_len: int, desc: str | None = None):
+    """A "hope" or "llama" model built from `seed` and trained on (ids, labels) with the benchmark's recipe (Hope:
+    `s["hope_init"]` and the query warm-up): returns (model, `common.train_lm`'s result)."""
+    model = common.build(kind, config, seed, max_len)
+    hope = kind == "hope"
+    if hope and s["hope_init"] == "shifted-keys":
+        shifted_key_init(model)
+    tr = common.train_lm(model, ids, s["steps"], batch_size=s["batch_size"], lr=s["lr"], seed=seed, labels=labels,
+                         desc=f"train {kind}" if desc is None else desc, shuffle=s["curriculum"] == "none",
+                         after_backward=query_warmup(model, s["query_warmup"]) if hope else None)
+    return model, tr
+
+
 def _train_and_test(config, s: dict, seed: int) -> dict:
     """Both models trained and tested with one seed: {kind: per-model results}."""
     L = s["seq_len"]
@@ -357,13 +370,8 @@ def _train_and_test(config, s: dict, seed: int) -> dict:
     tests = eval_data(s, seed)
     models = {}
     for kind in tqdm(("hope", "llama"), desc=f"{NAME} seed {seed}"):
-        model = common.build(kind, config, seed, max(lengths))
-        if kind == "hope" and s["hope_init"] == "shifted-keys":
-            shifted_key_init(model)
         start = time.perf_counter()
-        tr = common.train_lm(model, train_ids, s["steps"], batch_size=s["batch_size"], lr=s["lr"], seed=seed,
-                             labels=train_labels, desc=f"train {kind}", shuffle=s["curriculum"] == "none",
-                             after_backward=query_warmup(model, s["query_warmup"]) if kind == "hope" else None)
+        model, tr = train_model(kind, config, s, seed, train_ids, train_labels, max(lengths))
         r = {"params": common.n_params(model), "train_loss": tr["train_loss"], "steps_done": tr["steps_done"],
              "diverged": tr["diverged"], "median_step_s": tr["median_step_s"], "train_s": time.perf_counter() - start}
         if kind == "llama":

@@ -289,7 +289,6 @@ def test_projection_memories_stay_bounded_under_the_strongest_gates():
     assert gain.max() <= 10 and gain[-64:].max() <= gain[:64].max(), gain.view(8, -1).amax(-1)
 
 
-
 def test_clip_outer_bounds_the_rank_one_gradient_and_keeps_its_direction():
     """clip_outer(d, a, c) d a^T = min(1, c / |d a^T|) d a^T, the Frobenius norm of `_clip_matrix`'s reference; rows
     below the bound are untouched (the fixture has rows on both sides)."""

@@ -51,11 +51,7 @@ def recall_trained():
     benchmarks.recall's recipe shortened to 400 steps (query warm-up 160), and one 4,096-token recall sequence with
     8 pairs and 8 queries."""
     s = recall.settings(False, {"steps": 400, "query_warmup": 160, "hope_config": {"memory_grad_clip": 1.0}})
-    ids, labels = recall.training_data(s, 0)
-    model = common.build("hope", recall.hope_config(s), 0, 4 * s["seq_len"])
-    recall.shifted_key_init(model)
-    r = common.train_lm(model, ids, s["steps"], batch_size=s["batch_size"], lr=s["lr"], seed=0, labels=labels,
-                        shuffle=False, after_backward=recall.query_warmup(model, s["query_warmup"]))
+    model, r = recall.train_model("hope", recall.hope_config(s), s, 0, *recall.training_data(s, 0), 4 * s["seq_len"])
     assert not r["diverged"] and r["train_loss"][-1] < r["train_loss"][0] - 2
     x, _ = recall.make_batch(1, 4096, 8, 8, torch.Generator().manual_seed(11))
     return model.eval(), x, s["seq_len"]
