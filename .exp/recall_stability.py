@@ -19,6 +19,18 @@ if os.environ.get("OUT_ONLY"):      # memory_grad_clip for the output memory onl
     _proj = MH.projection_memories
     MH.projection_memories = lambda p, st, u, m, off, cfg, *a, **kw: _proj(p, st, u, m, off,
                                                                            {**cfg, "memory_grad_clip": None}, *a, **kw)
+if os.environ.get("FIRST_UNTIL"):   # M_memory's first layer written for the first N steps, then fixed (config flipped)
+    _qw, _until = recall.query_warmup, int(os.environ["FIRST_UNTIL"])
+
+    def _warmup(model, steps):
+        hook = _qw(model, steps)
+
+        def both(step):
+            hook(step)
+            if step + 1 >= _until:
+                model.config.memory_writes_first_layer = False
+        return both
+    recall.query_warmup = _warmup
 seed, cfg = int(sys.argv[1]), json.loads(sys.argv[2])
 tag = sys.argv[3] if len(sys.argv) > 3 else ""
 s = recall.settings(False, {"hope_config": cfg})
@@ -38,7 +50,7 @@ else:
     out_ft = {}
 if tag:
     torch.save(model.state_dict(), f"/work/ckpt/recall_{tag}_s{seed}.pt")
-out = {"seed": seed, "cfg": cfg, "out_only": bool(os.environ.get("OUT_ONLY")), "w2_only": bool(os.environ.get("W2_ONLY")), **out_ft, "train_s": round(time.perf_counter() - t), "diverged": tr["diverged"]}
+out = {"seed": seed, "cfg": cfg, "first_until": os.environ.get("FIRST_UNTIL"), "out_only": bool(os.environ.get("OUT_ONLY")), "w2_only": bool(os.environ.get("W2_ONLY")), **out_ft, "train_s": round(time.perf_counter() - t), "diverged": tr["diverged"]}
 evals = [recall.evaluate_length(model, *tests[n], pc) for n in sorted(tests)]
 out["accuracy"] = [round(100 * e["accuracy"], 1) for e in evals]
 out["by_pairs_4L"] = {p: round(100 * evals[-1]["accuracy_by_pairs"][str(p)], 1) for p in pc}

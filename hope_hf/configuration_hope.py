@@ -59,6 +59,8 @@ class HopeConfig(PreTrainedConfig):
     norm: 1.0 keeps a recall-trained model stable far past its training length (unclipped, its output memory's
     heavy-tailed residuals M(k) - M(v) made it chaotic past 8x), but it also kept 2 of 3 recall seeds from learning
     the task (README, "Clipped inner gradients").
+    `memory_writes_first_layer=False` keeps the output memory's first layer W2 at its meta-learned M_0 (a slow
+    feature map) and writes only W1 in context, a delta rule on unit features (README, "Fixed first layer").
 
     Ablations: `self_modifying=False` (static k/v/q/eta/alpha projections: plain Titans LMM), `use_dgd=False`
     (plain gradient step with retention, Titans Eq. 13-14), `use_momentum=False`, `adaptive_query=False`
@@ -84,6 +86,7 @@ class HopeConfig(PreTrainedConfig):
     adaptive_query: bool = True
     memory_objective: str = "l2"
     memory_grad_clip: float | None = None
+    memory_writes_first_layer: bool = True
     memory_lr_max: float = 0.1
     memory_lr_init: float = 0.012
     memory_retention_init: list[float] | None = None
@@ -133,8 +136,8 @@ class HopeConfig(PreTrainedConfig):
                     "memory_chunk_size", "projection_chunk_size", "cms_intermediate_size", "conv_size")
         for name in positive:
             _check_int(name, getattr(self, name), minimum=1)
-        for name in ("self_modifying", "use_dgd", "use_momentum", "adaptive_query", "tie_word_embeddings",
-                     "use_cache"):
+        for name in ("self_modifying", "use_dgd", "use_momentum", "adaptive_query", "memory_writes_first_layer",
+                     "tie_word_embeddings", "use_cache"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.hidden_size % self.num_attention_heads:

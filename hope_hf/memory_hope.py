@@ -165,8 +165,8 @@ def mlp_memory(W1, W2, z):
     return z + _unit(F.silu(z @ W2.transpose(-1, -2)))[0] @ W1.transpose(-1, -2)
 
 
-def memory_errors(W1, W2, k, v, objective="l2", self_target=True):
-    """Closed-form inner-loss gradients of M at keys k: returns (n, delta1, delta2).
+def memory_errors(W1, W2, k, v, objective="l2", self_target=True, first_layer=True):
+    """Closed-form inner-loss gradients of M at keys k: returns (n, delta1, delta2) (delta2 None without `first_layer`).
 
     The target is vhat = M(v) (self-generated, Eq. 87), or v itself with `self_target=False` (plain Titans).
     L = 1/2 ||M(k) - vhat||^2 ("l2", Eq. 88/93) or -<M(k), vhat> ("dot", Eq. 92). The gradient is
@@ -182,6 +182,8 @@ def memory_errors(W1, W2, k, v, objective="l2", self_target=True):
         r = M[..., :c, :] - vhat
     else:
         r = -vhat.expand(*pre.shape[:-1], vhat.shape[-1])
+    if not first_layer:
+        return n, r, None
     gn = r @ W1                                                                   # dL/dn
     gs = (gn - n * (gn * n).sum(-1, keepdim=True)) * inv                          # through the unit norm
     sig = torch.sigmoid(pre)
@@ -236,13 +238,13 @@ def _masked_gates(eta, log_alpha, log_beta, mask):
 
 
 def memory_update(state, k, v, eta, log_alpha, log_beta, mask, objective, use_dgd, reference=False, query=None,
-                  prior=None, self_target=True, clip=None):
+                  prior=None, self_target=True, clip=None, first_layer=True):
     """Write tokens [k, vhat] into a memory group; gradients use the chunk-start state (W1r, W2r) (Eq. 90-91).
 
     The targets are vhat = M_{chunk start}(v) (self-generated, Eq. 87), or v with `self_target=False`.
     state tensors: [B, H, n, ...]; k, v: [B, H, 1, c, d]; eta, log_alpha: [B, H, c];
     log_beta: [H] or None; mask: [B, c] or None (all real); clip: the bound of each layer's per-token gradient norm
-    (`clip_outer`; None: unclipped). With `query` [B, H, n, c, d] also returns the reads M_{t-1}(q_t) of the running
+    (`clip_outer`; None: unclipped). `first_layer=False` leaves W2 (and S2) as they are: only W1 is written. With `query` [B, H, n, c, d] also returns the reads M_{t-1}(q_t) of the running
     state before each position's own write and after every earlier one (Eq. 86/94; design.md A1), else None.
     `prior`: (P1, P2), the states the retention pulls W1, W2 back to (None: zero). The fast path uses `dgd_chunk`
     (one token: `dgd_step`); the reference steps token by token with `dgd_step`, autograd gradients of the inner
@@ -251,8 +253,8 @@ def memory_update(state, k, v, eta, log_alpha, log_beta, mask, objective, use_dg
     P1, P2 = (None, None) if prior is None else prior
     new = dict(state)
     if not reference:
-        h, d1, d2 = memory_errors(state["W1r"], state["W2r"], k, v, objective, self_target)
-        d1, d2 = clip_outer(d1, h, clip), clip_outer(d2, k, clip)
+        h, d1, d2 = memory_errors(state["W1r"], state["W2r"], k, v, objective, self_target, first_layer)
+        d1, d2 = clip_outer(d1, h, clip), d2 if d2 is None else clip_outer(d2, k, clip)
         if k.shape[-2] == 1:                     # one token (decoding): the step itself, gradient delta a^T
             read = None if query is None else mlp_memory(state["W1"], state["W2"], query)
             e, w = eta_m[..., 0], _write(mask, k.dtype, 0)
@@ -262,15 +264,18 @@ def memory_update(state, k, v, eta, log_alpha, log_beta, mask, objective, use_dg
             new["W1"], S1 = dgd_step(state["W1"], state.get("S1"), h[..., 0, :], outer(d1, h), e, rho, alpha, beta, w,
                                      P1)
             new["W2"], S2 = dgd_step(state["W2"], state.get("S2"), k[..., 0, :], outer(d2, k), e, rho, alpha, beta, w,
-                                     P2)
+                                     P2) if first_layer else (state["W2"], state.get("S2"))
         else:
             rho = eta_m if use_dgd else None
             gates = chunk_gates(log_alpha, log_beta, _write(mask, k.dtype), rho)
             neg_eta = -eta_m.unsqueeze(-1)
-            E1, E2 = neg_eta * d1, neg_eta * d2
+            E1 = neg_eta * d1
             # layer 2 first: its in-chunk reads W2_{t-1} q_t give layer 1's read inputs n(silu(W2_{t-1} q_t))
-            new["W2"], S2, r2 = dgd_chunk(state["W2"], state.get("S2"), k, E2, rho, None, gates=gates, X=query,
-                                          prior=P2)
+            if first_layer:
+                new["W2"], S2, r2 = dgd_chunk(state["W2"], state.get("S2"), k, neg_eta * d2, rho, None, gates=gates,
+                                              X=query, prior=P2)
+            else:
+                S2, r2 = state.get("S2"), None if query is None else query @ state["W2"].transpose(-1, -2)
             nq = None if query is None else _unit(F.silu(r2))[0]
             new["W1"], S1, r1 = dgd_chunk(state["W1"], state.get("S1"), h, E1, rho, None, gates=gates, X=nq, prior=P1)
             read = None if query is None else query + r1
@@ -295,7 +300,10 @@ def memory_update(state, k, v, eta, log_alpha, log_beta, mask, objective, use_dg
             b = None if log_beta is None else torch.exp(log_beta[..., t])
             w = _write(mask, k.dtype, t)
             new["W1"], S1 = dgd_step(new["W1"], new.get("S1"), h, g1, e, rho, a, b, w, P1)
-            new["W2"], S2 = dgd_step(new["W2"], new.get("S2"), kt[..., 0, :], g2, e, rho, a, b, w, P2)
+            if first_layer:
+                new["W2"], S2 = dgd_step(new["W2"], new.get("S2"), kt[..., 0, :], g2, e, rho, a, b, w, P2)
+            else:
+                S2 = new.get("S2")
             if log_beta is not None:
                 new["S1"], new["S2"] = S1, S2
     return new, (torch.cat(reads, -2) if reads else None)
@@ -398,7 +406,8 @@ def output_memory(params, state, k, v, q, eta, log_alpha, mask, offset, cfg, ref
         state, o = memory_update(state, k[:, :, None, f:f_end], v[:, :, None, f:f_end], eta[..., f:f_end],
                                  log_alpha[..., f:f_end], params["log_beta"], _cols(mask, f, f_end),
                                  cfg["memory_objective"], cfg["use_dgd"], reference, query=q[:, :, None, f:f_end],
-                                 prior=M0, self_target=cfg["self_modifying"], clip=cfg.get("memory_grad_clip"))
+                                 prior=M0, self_target=cfg["self_modifying"], clip=cfg.get("memory_grad_clip"),
+                                 first_layer=cfg.get("memory_writes_first_layer", True))
         state = _commit_reads(state, (offset + f_end) % chunk == 0, mask, f_end)
         outs.append(o[:, :, 0])
     return torch.cat(outs, dim=2), state

@@ -117,7 +117,8 @@ class HopeSelfModifyingMemory(nn.Module):
         c = self.config
         return {"projection_chunk_size": c.projection_chunk_size, "memory_chunk_size": c.memory_chunk_size,
                 "memory_lr_max": c.memory_lr_max, "memory_objective": c.memory_objective, "use_dgd": c.use_dgd,
-                "self_modifying": c.self_modifying, "memory_grad_clip": c.memory_grad_clip}
+                "self_modifying": c.self_modifying, "memory_grad_clip": c.memory_grad_clip,
+                "memory_writes_first_layer": c.memory_writes_first_layer}
 
     def init_state(self, batch_size, device, dtype):
         c = self.config

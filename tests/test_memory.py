@@ -164,13 +164,14 @@ def _memory_setup(dtype, n, objective="l2", momentum=True, seed=0, B=2, H=2, d=4
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("variant", ["default", "no_momentum", "no_dgd", "dot", "clip", "fixed_q"])
+@pytest.mark.parametrize("variant", ["default", "no_momentum", "no_dgd", "dot", "clip", "fixed_q", "fixed_first_layer"])
 def test_projection_and_output_memories_fast_equal_reference(dtype, variant):
     n = 4 if variant == "fixed_q" else 5
     momentum = variant != "no_momentum"
     cfg = dict(projection_chunk_size=4, memory_chunk_size=8, memory_lr_max=0.1,
                memory_objective="dot" if variant == "dot" else "l2", use_dgd=variant != "no_dgd",
-               self_modifying=True, memory_grad_clip=0.6 if variant == "clip" else None)  # binds for most W1, ~1/3 W2
+               self_modifying=True, memory_grad_clip=0.6 if variant == "clip" else None,  # binds for most W1, ~1/3 W2
+               memory_writes_first_layer=variant != "fixed_first_layer")
     params, u, mask = _memory_setup(dtype, n, momentum=momentum)
     mem_W1 = (0.3 * torch.randn(2, 1, 4, 3, dtype=dtype)).requires_grad_(True)
     mem_W2 = torch.randn(2, 1, 3, 4, dtype=dtype).requires_grad_(True)
@@ -189,6 +190,10 @@ def test_projection_and_output_memories_fast_equal_reference(dtype, variant):
         results[ref] = (outs, torch.autograd.grad(loss, leaves, allow_unused=True))
     for a, b in zip(results[False][0], results[True][0]):
         _close(a, b, dtype)
+    if variant == "fixed_first_layer":              # M_memory's W2 stays M_0 (S2 zero), its W1 is written
+        mem = dict(zip(["S1", "S2", "W1", "W1r", "W2", "W2r"], results[False][0][-6:]))
+        assert torch.equal(mem["W2"], mem_W2.expand_as(mem["W2"])) and torch.equal(mem["W2r"], mem["W2"])
+        assert not mem["S2"].any() and (mem["W1"] - mem_W1).abs().amax() > 1e-2
     # Gradients are measured against the scale of the whole gradient: a small entry such as d/d log_beta is a sum of
     # large cancelling terms, and in float32 the token-by-token reference itself is ~2e-4 away from the float64 truth
     # there (max |grad| ~ 39), as far as the fast path is; float64 pins both paths to 1e-9.

@@ -43,6 +43,7 @@ def ids(B, T, seed=1, vocab=64):
     (dict(memory_objective="cosine"), "memory_objective"),
     (dict(memory_grad_clip=0.0), "memory_grad_clip"),
     (dict(memory_grad_clip="1"), "memory_grad_clip"),
+    (dict(memory_writes_first_layer=1), "memory_writes_first_layer"),
     (dict(use_dgd="yes"), "use_dgd"),
     (dict(memory_lr_max=0.0), "memory_lr_max"),
     (dict(pad_token_id=64), "pad_token_id"),
@@ -419,7 +420,7 @@ def test_ablation_flags_build_and_run():
     x = ids(1, 40)
     for kw in (dict(self_modifying=False), dict(use_dgd=False), dict(use_momentum=False),
                dict(adaptive_query=False), dict(cms_chunk_sizes=[]), dict(memory_objective="dot"),
-               dict(memory_grad_clip=None)):
+               dict(memory_grad_clip=None), dict(memory_writes_first_layer=False)):
         model = make_model(**kw)
         out = model(input_ids=x, labels=x)
         assert torch.isfinite(out.loss)
