@@ -7,7 +7,7 @@ from benchmarks import recall, common
 from hope_hf import memory_hope as mh
 
 torch.set_num_threads(1)
-s = recall.settings(False, {"hope_config": {}})
+s = recall.settings(False, {"hope_config": json.loads(os.environ.get("CFG", "{}"))})
 L, pc = s["seq_len"], s["pair_counts"]
 config = recall.hope_config(s)
 model = common.build("hope", config, 0, 4 * L)
@@ -22,7 +22,13 @@ STATS = []
 def patched_update(state, k, v, eta, *a, **kw):
     var = VAR["v"]
     out_mem = kw.get("query") is not None
-    if var == "base" or (var.startswith("out") and not out_mem):
+    if var == "noproj" and not out_mem:
+        return orig_update(state, k, v, torch.zeros_like(eta), *a, **kw)
+    if var in ("projfirst0", "allfirst0") and not out_mem or var == "allfirst0" and out_mem:
+        return orig_update(state, k, v, eta, *a, **{**kw, "first_layer": False})
+    if var == "noout" and out_mem:
+        return orig_update(state, k, v, torch.zeros_like(eta), *a, **kw)
+    if var in ("base", "noproj", "noout", "projfirst0", "allfirst0") or (var.startswith("out") and not out_mem):
         return orig_update(state, k, v, eta, *a, **kw)
     margin = float(var[3:]) if var.startswith("out") and var[3:].replace(".", "").isdigit() else 1.0
 

@@ -21,7 +21,8 @@ Both models start from the same seed, train on the same freshly generated length
 same order, with AdamW, the same learning rate and warm-up + cosine schedule (`common.train_lm`) and the same
 curriculum (`make_curriculum`, stages in `curriculum_stages` order: P = 2, then 2/4, 2/4/8, then all with the
 passkey). Hope also starts from `shifted_key_init` (key head h also reads token t - h; queries start in the keys'
-space) and gets no gradient into its query path for the first `query_warmup` steps. Each piece was measured in
+space), gets no gradient into its query path for the first `query_warmup` steps, and writes its memories' first
+layers for the first `first_layer_warmup` steps (`first_layer_warmup`; fixed after, the default). Each piece was measured in
 issue #10 (tiny, 2,000 steps, seeds 0/1/2; `benchmarks/recall_findings.md`): without them Hope's queries for
 different records collapsed to one vector within the first 200 steps and it copied some value of the context
 instead of binding (43.0% at 4L). Llama trains without the query warm-up, which only hurt it (its `q_proj` held for
@@ -66,8 +67,8 @@ EVAL_BATCH = 8
 # eval_seqs: test sequences per pair count and length
 FULL = {"steps": 2000, "batch_size": 4, "seq_len": 128, "multiples": (1, 2, 4), "pair_counts": (1, 2, 4, 8),
         "lr": 3e-3, "eval_seqs": 64, "hope_config": {}, "seeds": (0, 1, 2), "curriculum": "pairs-first",
-        "query_warmup": 800, "hope_init": "shifted-keys"}
-QUICK = {**FULL, "steps": 100, "eval_seqs": 8, "seeds": (0,), "query_warmup": 40}
+        "query_warmup": 800, "hope_init": "shifted-keys", "first_layer_warmup": 1200}
+QUICK = {**FULL, "steps": 100, "eval_seqs": 8, "seeds": (0,), "query_warmup": 40, "first_layer_warmup": 60}
 CURRICULA = ("pairs-first", "passkey-first", "none")
 HOPE_INITS = ("shifted-keys", "default")
 PER_SEED = ("accuracy", "answer_loss", "value_prediction_rate", "in_context_value_rate")
@@ -191,6 +192,23 @@ def query_warmup(model, steps: int):
     return hook
 
 
+def first_layer_warmup(model, steps: int):
+    """An `after_backward` hook for `common.train_lm`: a Hope model whose config fixes its memories' first layers
+    (`memory_writes_first_layer=False`, the default) writes them in context for the first `steps` steps too, then
+    trains as configured. With the output memory's first layer fixed throughout, seed 2 did not learn to bind
+    (seeds 0 / 1 / 2: 91.2 / 78.6 / 47.0% at 4L); with every first layer written for the first 1,200 of 2,000 steps,
+    83.9 / 95.6 / 99.0%, and all three stable out to 32L (`.exp/recall_stability.py`, session 23). A model configured
+    to write them is left as it is."""
+    fixed = not model.config.memory_writes_first_layer and steps > 0
+    if fixed:
+        model.config.memory_writes_first_layer = True
+
+    def hook(step: int):
+        if fixed and step + 1 >= steps:
+            model.config.memory_writes_first_layer = False
+    return hook
+
+
 # ------------------------------------------------------------------------------------------------ evaluation
 
 
@@ -301,8 +319,9 @@ def settings(quick: bool, overrides: dict) -> dict:
     for key, allowed in (("curriculum", CURRICULA), ("hope_init", HOPE_INITS)):
         if s[key] not in allowed:
             raise ValueError(f"{key} must be one of {allowed}, got {s[key]!r}")
-    if int(s["query_warmup"]) < 0:
-        raise ValueError(f"query_warmup must be >= 0 steps, got {s['query_warmup']}")
+    for key in ("query_warmup", "first_layer_warmup"):
+        if int(s[key]) < 0:
+            raise ValueError(f"{key} must be >= 0 steps, got {s[key]}")
     return s
 
 
@@ -315,6 +334,7 @@ def run(quick: bool = False, out=common.RESULTS, **overrides) -> dict:
     tiny preset, e.g. {"memory_lr_max": 1.0}), seeds (each seed: its own training data, test sets and
     initialisation), curriculum (`CURRICULA`: train on `make_curriculum`'s stages in `curriculum_stages` order, or
     "none": shuffled `make_data`), query_warmup (steps without gradient into Hope's query path, `query_warmup`),
+    first_layer_warmup (steps during which Hope's memories also write their first layer, `first_layer_warmup`),
     hope_init ("shifted-keys": `shifted_key_init`, or "default").
     Runs on one torch thread unless BENCH_THREADS says otherwise."""
     s = settings(quick, overrides)
@@ -357,8 +377,16 @@ def train_model(kind: str, config, s: dict, seed: int, ids, labels, max_len: int
         shifted_key_init(model)
     tr = common.train_lm(model, ids, s["steps"], batch_size=s["batch_size"], lr=s["lr"], seed=seed, labels=labels,
                          desc=f"train {kind}" if desc is None else desc, shuffle=s["curriculum"] == "none",
-                         after_backward=query_warmup(model, s["query_warmup"]) if hope else None)
+                         after_backward=_both(query_warmup(model, s["query_warmup"]),
+                                              first_layer_warmup(model, s["first_layer_warmup"])) if hope else None)
     return model, tr
+
+
+def _both(*hooks):
+    def hook(step: int):
+        for h in hooks:
+            h(step)
+    return hook
 
 
 def _train_and_test(config, s: dict, seed: int) -> dict:
@@ -470,7 +498,9 @@ def plot(results: dict, path):
     b.axhline(torch.log(torch.tensor(float(N_VALUES))).item(), color="gray", ls="--", lw=0.8, label="ln 16")
     b.legend(fontsize=8)
     hope = (f"\nHope: {s['hope_init']} init, no gradient into its query path for {s['query_warmup']} steps"
-            if "hope_init" in s else "")                                  # absent from results of before 2026-12-06
+            if "hope_init" in s else "")
+    if s.get("first_layer_warmup"):                                     # absent from results of before 2026-12-06
+        hope += f", first layers written for {s['first_layer_warmup']} steps"                                  # absent from results of before 2026-12-06
     fig.suptitle(f"Associative recall, {'/'.join(map(str, s['pair_counts']))} pairs, trained at {s['seq_len']} "
                  f"tokens: {s['steps']} steps x {s['batch_size']} sequences, lr {s['lr']:g}"
                  f"{_curriculum_label(s)}"
@@ -571,6 +601,8 @@ def main(argv=None):
                    "stages P = 2, 2/4, 2/4/8, then all with the passkey; none: all pair counts shuffled)")
     p.add_argument("--query-warmup", type=int, help="steps without gradient into Hope's query path "
                    "(default 800; --quick: 40)")
+    p.add_argument("--first-layer-warmup", type=int, help="steps during which Hope's memories also write their "
+                   "first layer (default 1200; --quick: 60)")
     p.add_argument("--hope-init", choices=HOPE_INITS, help="Hope's key conv and query projection at step 0 (default "
                    "shifted-keys, see shifted_key_init)")
     p.add_argument("--eval-seqs", type=int, help="test sequences per pair count and length")
@@ -581,7 +613,7 @@ def main(argv=None):
     a.out = a.out or (common.QUICK_RESULTS if a.quick else common.RESULTS)
     res = run(quick=a.quick, out=a.out, seeds=a.seeds, steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len,
               multiples=a.multiples, pair_counts=a.pair_counts, lr=a.lr, eval_seqs=a.eval_seqs, curriculum=a.curriculum,
-              query_warmup=a.query_warmup, hope_init=a.hope_init)
+              query_warmup=a.query_warmup, first_layer_warmup=a.first_layer_warmup, hope_init=a.hope_init)
     print(markdown(res))
 
 

@@ -38,7 +38,7 @@ FIELD_DOCS = {
     "adaptive_query": "queries from a memory (else a fixed linear map)",
     "memory_objective": "inner recall loss (`l2` or `dot`)",
     "memory_grad_clip": "per-token norm bound of each memory layer's inner gradient",
-    "memory_writes_first_layer": "the output memory writes its first layer in context (else only its second)",
+    "memory_writes_first_layer": "every memory writes its first layer in context too (else only its second)",
     "memory_lr_max": "upper bound of the memory learning rates",
     "memory_lr_init": "memory learning rate at initialisation",
     "memory_retention_init": "range of the memory retention gates over the heads at initialisation",

@@ -59,8 +59,10 @@ class HopeConfig(PreTrainedConfig):
     norm: 1.0 keeps a recall-trained model stable far past its training length (unclipped, its output memory's
     heavy-tailed residuals M(k) - M(v) made it chaotic past 8x), but it also kept 2 of 3 recall seeds from learning
     the task (README, "Clipped inner gradients").
-    `memory_writes_first_layer=False` keeps the output memory's first layer W2 at its meta-learned M_0 (a slow
-    feature map) and writes only W1 in context, a delta rule on unit features (README, "Fixed first layer").
+    `memory_writes_first_layer` (default False): whether the memories' first layers W2 are written in context too.
+    Fixed, each memory's W2 stays its meta-learned M_0 (a slow feature map) and only W1 is written: a delta rule on
+    unit features n, which kept recall-trained models stable past their training length where W2's writes made
+    them chaotic (README, "Fixed first layers").
 
     Ablations: `self_modifying=False` (static k/v/q/eta/alpha projections: plain Titans LMM), `use_dgd=False`
     (plain gradient step with retention, Titans Eq. 13-14), `use_momentum=False`, `adaptive_query=False`
@@ -86,7 +88,7 @@ class HopeConfig(PreTrainedConfig):
     adaptive_query: bool = True
     memory_objective: str = "l2"
     memory_grad_clip: float | None = None
-    memory_writes_first_layer: bool = True
+    memory_writes_first_layer: bool = False
     memory_lr_max: float = 0.1
     memory_lr_init: float = 0.012
     memory_retention_init: list[float] | None = None

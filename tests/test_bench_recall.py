@@ -180,7 +180,7 @@ def test_curriculum_stages_put_the_passkey_last_when_pairs_come_first():
                                     torch.Generator().manual_seed(0))
     pairs = (ids == recall.KEY).sum(1)
     assert set(pairs[:10].tolist()) == {2} and 1 not in pairs[:30].tolist() and 1 in pairs[30:].tolist()
-    for bad in ({"curriculum": True}, {"hope_init": "random"}, {"query_warmup": -1}):
+    for bad in ({"curriculum": True}, {"hope_init": "random"}, {"query_warmup": -1}, {"first_layer_warmup": -1}):
         with pytest.raises(ValueError):
             recall.settings(False, bad)
 
@@ -225,6 +225,29 @@ def test_query_warmup_zeroes_the_query_paths_gradient_only_while_it_lasts(kind):
         assert (held[0][0].grad[held[0][1]] != 0).any() != zeroed          # in_proj's q rows / the first q_proj
         if kind == "hope":                                              # the key stream's rows keep their gradient
             assert model.model.layers[0].memory.in_proj.weight.grad[config.hidden_size:].abs().sum() > 0
+
+
+def test_first_layer_warmup_writes_the_first_layers_only_while_it_lasts():
+    """The hook turns `memory_writes_first_layer` on for the first `steps` steps of a model configured without it
+    (the default), and leaves a model configured with it alone; while on, a step moves the memories' W2 states."""
+    from benchmarks import common
+    from hope_hf import HopeConfig
+
+    model = common.build("hope", HopeConfig.from_preset("tiny", vocab_size=recall.VOCAB_SIZE), 0, 128)
+    assert model.config.memory_writes_first_layer is False
+    hook = recall.first_layer_warmup(model, 3)
+    ids = recall.make_data(1, 64, (2,), torch.Generator().manual_seed(0))[0]
+    moved = []
+    for step in range(4):
+        state = model(input_ids=ids, use_cache=True).past_key_values.get_state(0)
+        moved.append(not torch.equal(state["mem"]["W2"][0], model.model.layers[0].memory.mem_W2))
+        hook(step)
+    assert moved == [True, True, True, False]
+    on = common.build("hope", HopeConfig.from_preset("tiny", vocab_size=recall.VOCAB_SIZE,
+                                                    memory_writes_first_layer=True), 0, 128)
+    hook = recall.first_layer_warmup(on, 1)
+    hook(5)
+    assert on.config.memory_writes_first_layer is True
 
 
 @torch.no_grad()
