@@ -5,7 +5,9 @@
 Variants (`VARIANTS`, flags of `HopeConfig`): "hope" (full model), "no_cms" (`cms_chunk_sizes=[]`: no Continuum
 Memory System), "no_self_modification" (`self_modifying=False`: static k/v/q/eta/alpha projections, a plain Titans
 memory), "no_dgd" (`use_dgd=False`: plain gradient step with retention instead of Delta Gradient Descent),
-"no_momentum" (`use_momentum=False`), "fixed_q" (`adaptive_query=False`: a fixed linear query).
+"no_momentum" (`use_momentum=False`), "fixed_q" (`adaptive_query=False`: a fixed linear query), and one variant that
+switches a component on: "writes_first_layer" (`memory_writes_first_layer=True`: every memory's first layer W2 is
+written too, as Eq. 88 literally does, instead of staying its meta-learned M_0).
 
 Every variant is trained on the stdlib-docstring corpus with the same tokenizer, the same train/validation blocks,
 the same batches in the same order, the same seeds, steps, learning rate and schedule (`common.train_lm`: AdamW,
@@ -41,9 +43,11 @@ VARIANTS = {
     "no_dgd": {"use_dgd": False},
     "no_momentum": {"use_momentum": False},
     "fixed_q": {"adaptive_query": False},
+    "writes_first_layer": {"memory_writes_first_layer": True},
 }
 # The config fields the variants touch, recorded for every variant.
-ABLATION_FIELDS = ("cms_chunk_sizes", "self_modifying", "use_dgd", "use_momentum", "adaptive_query")
+ABLATION_FIELDS = ("cms_chunk_sizes", "self_modifying", "use_dgd", "use_momentum", "adaptive_query",
+                   "memory_writes_first_layer")
 # Blocks of 1,024 tokens, so that every CMS level of `tiny` (chunks 64 and 256) commits several times inside a training
 # block (issue #10); one block per step keeps the tokens per step of the earlier 8 x 128 setup, and the 8 validation
 # blocks its 8,192 validation tokens.

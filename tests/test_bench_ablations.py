@@ -59,7 +59,7 @@ def _check_one_seed(variants, steps):
 
     full = variants["hope"]
     assert full["config"] == {"cms_chunk_sizes": [64, 256], "self_modifying": True, "use_dgd": True,
-                              "use_momentum": True, "adaptive_query": True}
+                              "use_momentum": True, "adaptive_query": True, "memory_writes_first_layer": False}
     assert full["val_ppl_delta_vs_hope"] == 0.0
     for name, r in variants.items():
         if name != "hope":  # exactly one component differs from full Hope, and it changes what the model computes
@@ -68,6 +68,7 @@ def _check_one_seed(variants, steps):
     assert variants["no_cms"]["params"] < full["params"]
     assert variants["no_self_modification"]["params"] < full["params"]
     assert variants["no_dgd"]["params"] == full["params"]  # same weights, another memory update rule
+    assert variants["writes_first_layer"]["params"] == full["params"]
 
 
 def test_ablations_rejects_unknown_settings(tmp_path):
