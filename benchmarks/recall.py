@@ -500,7 +500,7 @@ def plot(results: dict, path):
     hope = (f"\nHope: {s['hope_init']} init, no gradient into its query path for {s['query_warmup']} steps"
             if "hope_init" in s else "")
     if s.get("first_layer_warmup"):                                     # absent from results of before 2026-12-06
-        hope += f", first layers written for {s['first_layer_warmup']} steps"                                  # absent from results of before 2026-12-06
+        hope += f", first layers written for {s['first_layer_warmup']} steps"
     fig.suptitle(f"Associative recall, {'/'.join(map(str, s['pair_counts']))} pairs, trained at {s['seq_len']} "
                  f"tokens: {s['steps']} steps x {s['batch_size']} sequences, lr {s['lr']:g}"
                  f"{_curriculum_label(s)}"

@@ -265,7 +265,7 @@ def signature(config):
     """The config fields that fix the shape and meaning of the fast state (a foreign cache is refused)."""
     keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "memory_hidden_size", "memory_chunk_size",
             "projection_chunk_size", "cms_chunk_sizes", "cms_intermediate_size", "conv_size", "self_modifying",
-            "use_momentum", "adaptive_query")
+            "use_momentum", "adaptive_query", "memory_writes_first_layer")
     return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in ((k, getattr(config, k)) for k in keys))
 
 

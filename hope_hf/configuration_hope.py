@@ -62,7 +62,7 @@ class HopeConfig(PreTrainedConfig):
     `memory_writes_first_layer` (default False): whether the memories' first layers W2 are written in context too.
     Fixed, each memory's W2 stays its meta-learned M_0 (a slow feature map) and only W1 is written: a delta rule on
     unit features n, which kept recall-trained models stable past their training length where W2's writes made
-    them chaotic (README, "Fixed first layers").
+    them chaotic (README, "Fixed first layers"); the fast state then holds no W2.
 
     Ablations: `self_modifying=False` (static k/v/q/eta/alpha projections: plain Titans LMM), `use_dgd=False`
     (plain gradient step with retention, Titans Eq. 13-14), `use_momentum=False`, `adaptive_query=False`

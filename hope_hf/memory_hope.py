@@ -210,15 +210,24 @@ def _inner_loss(W1, W2, k, vhat, objective):
     return 0.5 * (out - vhat).pow(2).sum() if objective == "l2" else -(out * vhat).sum()
 
 
-def init_memory_state(W1, W2, batch_size, momentum):
-    """Fast state of a memory group from its meta-learned initial state M_0 (slow parameters [H, n, ...])."""
-    W1 = W1.unsqueeze(0).expand(batch_size, *W1.shape)
-    W2 = W2.unsqueeze(0).expand(batch_size, *W2.shape)
-    state = {"W1": W1, "W2": W2, "W1r": W1, "W2r": W2}
-    if momentum:
-        state["S1"] = torch.zeros_like(W1)
-        state["S2"] = torch.zeros_like(W2)
+def init_memory_state(W1, W2, batch_size, momentum, first_layer=True):
+    """Fast state of a memory group from its meta-learned initial state M_0 (slow parameters [H, n, ...]): the running
+    layers W1, W2, their chunk-start copies W1r, W2r (Eq. 90) and with `momentum` their S1, S2. Without `first_layer`
+    writes W2 stays M_0's for good and is not part of the state (`_layers` supplies it)."""
+    state = {}
+    for i, W in ((1, W1), (2, W2)) if first_layer else ((1, W1),):
+        W = W.unsqueeze(0).expand(batch_size, *W.shape)
+        state.update({f"W{i}": W, f"W{i}r": W})
+        if momentum:
+            state[f"S{i}"] = torch.zeros_like(W)
     return state
+
+
+def _layers(state, fixed_W2, chunk_start=False):
+    """(W1, W2) of a memory group's running state, or of its chunk-start copy (Eq. 90); W2 is M_0's `fixed_W2` in a
+    state that does not write its first layer."""
+    r = "r" if chunk_start else ""
+    return state["W1" + r], state.get("W2" + r, fixed_W2)
 
 
 def _chunks(T, offset, size):
@@ -246,27 +255,33 @@ def memory_update(state, k, v, eta, log_alpha, log_beta, mask, objective, use_dg
     The targets are vhat = M_{chunk start}(v) (self-generated, Eq. 87), or v with `self_target=False`.
     state tensors: [B, H, n, ...]; k, v: [B, H, 1, c, d]; eta, log_alpha: [B, H, c];
     log_beta: [H] or None; mask: [B, c] or None (all real); clip: the bound of each layer's per-token gradient norm
-    (`clip_outer`; None: unclipped). `first_layer=False` leaves W2 (and S2) as they are: only W1 is written. With `query` [B, H, n, c, d] also returns the reads M_{t-1}(q_t) of the running
+    (`clip_outer`; None: unclipped). `first_layer=False` leaves W2 (and S2) as they are, or M_0's W2 (the prior) when the
+    state holds none (`init_memory_state(first_layer=False)`): only W1 is written. With `query` [B, H, n, c, d] also
+    returns the reads M_{t-1}(q_t) of the running
     state before each position's own write and after every earlier one (Eq. 86/94; design.md A1), else None.
     `prior`: (P1, P2), the states the retention pulls W1, W2 back to (None: zero). The fast path uses `dgd_chunk`
     (one token: `dgd_step`); the reference steps token by token with `dgd_step`, autograd gradients of the inner
     loss (Eq. 88 literally, then clipped) and `mlp_memory` reads. Returns (new_state, reads)."""
     eta_m, log_alpha, log_beta = _masked_gates(eta, log_alpha, log_beta, mask)
     P1, P2 = (None, None) if prior is None else prior
+    if "W2" not in state and (first_layer or P2 is None):
+        raise ValueError("this memory state holds no first layer W2 (it was made without first-layer writes, "
+                         "memory_writes_first_layer=False): it needs the prior M_0 and first_layer=False")
     new = dict(state)
     if not reference:
-        h, d1, d2 = memory_errors(state["W1r"], state["W2r"], k, v, objective, self_target, first_layer)
+        h, d1, d2 = memory_errors(*_layers(state, P2, True), k, v, objective, self_target, first_layer)
         d1, d2 = clip_outer(d1, h, clip), d2 if d2 is None else clip_outer(d2, k, clip)
         if k.shape[-2] == 1:                     # one token (decoding): the step itself, gradient delta a^T
-            read = None if query is None else mlp_memory(state["W1"], state["W2"], query)
+            read = None if query is None else mlp_memory(*_layers(state, P2), query)
             e, w = eta_m[..., 0], _write(mask, k.dtype, 0)
             alpha, beta = torch.exp(log_alpha[..., 0]), None if log_beta is None else torch.exp(log_beta[..., 0])
             rho = e if use_dgd else torch.zeros_like(e)
             outer = lambda d, x: d[..., 0, :].unsqueeze(-1) * x[..., 0, :].unsqueeze(-2)  # noqa: E731
             new["W1"], S1 = dgd_step(state["W1"], state.get("S1"), h[..., 0, :], outer(d1, h), e, rho, alpha, beta, w,
                                      P1)
-            new["W2"], S2 = dgd_step(state["W2"], state.get("S2"), k[..., 0, :], outer(d2, k), e, rho, alpha, beta, w,
-                                     P2) if first_layer else (state["W2"], state.get("S2"))
+            if first_layer:
+                new["W2"], S2 = dgd_step(state["W2"], state.get("S2"), k[..., 0, :], outer(d2, k), e, rho, alpha, beta,
+                                         w, P2)
         else:
             rho = eta_m if use_dgd else None
             gates = chunk_gates(log_alpha, log_beta, _write(mask, k.dtype), rho)
@@ -277,22 +292,24 @@ def memory_update(state, k, v, eta, log_alpha, log_beta, mask, objective, use_dg
                 new["W2"], S2, r2 = dgd_chunk(state["W2"], state.get("S2"), k, neg_eta * d2, rho, None, gates=gates,
                                               X=query, prior=P2)
             else:
-                S2, r2 = state.get("S2"), None if query is None else query @ state["W2"].transpose(-1, -2)
+                r2 = None if query is None else query @ _layers(state, P2)[1].transpose(-1, -2)
             nq = None if query is None else _unit(F.silu(r2))[0]
             new["W1"], S1, r1 = dgd_chunk(state["W1"], state.get("S1"), h, E1, rho, None, gates=gates, X=nq, prior=P1)
             read = None if query is None else query + r1
         if log_beta is not None:
-            new["S1"], new["S2"] = S1, S2
+            new["S1"] = S1
+            if first_layer:
+                new["S2"] = S2
         return new, read
     reads = []
-    vhat = mlp_memory(state["W1r"], state["W2r"], v) if self_target else v
+    vhat = mlp_memory(*_layers(state, P2, True), v) if self_target else v
     with torch.enable_grad():
         # fresh aliases: the gradient is taken w.r.t. M only where M is applied to k (vhat is a fixed target)
         W1r, W2r = (w.view_as(w) if w.requires_grad else w.detach().requires_grad_()
-                    for w in (state["W1r"], state["W2r"]))
+                    for w in _layers(state, P2, True))
         for t in range(k.shape[-2]):
             if query is not None:                                   # read before this token's write
-                reads.append(mlp_memory(new["W1"], new["W2"], query[..., t:t + 1, :]))
+                reads.append(mlp_memory(*_layers(new, P2), query[..., t:t + 1, :]))
             kt, vt = k[..., t:t + 1, :], vhat[..., t:t + 1, :]
             loss = _inner_loss(W1r, W2r, kt, vt, objective)
             g1, g2 = (_clip_matrix(g, clip) for g in torch.autograd.grad(loss, (W1r, W2r), create_graph=True))
@@ -304,10 +321,10 @@ def memory_update(state, k, v, eta, log_alpha, log_beta, mask, objective, use_dg
             new["W1"], S1 = dgd_step(new["W1"], new.get("S1"), h, g1, e, rho, a, b, w, P1)
             if first_layer:
                 new["W2"], S2 = dgd_step(new["W2"], new.get("S2"), kt[..., 0, :], g2, e, rho, a, b, w, P2)
-            else:
-                S2 = new.get("S2")
             if log_beta is not None:
-                new["S1"], new["S2"] = S1, S2
+                new["S1"] = S1
+                if first_layer:
+                    new["S2"] = S2
     return new, (torch.cat(reads, -2) if reads else None)
 
 
@@ -323,10 +340,11 @@ def _commit_reads(state, boundary, mask, f_end):
     `boundary` (a Python bool) the samples whose last column `f_end - 1` is real (all of them when mask is None)."""
     if not boundary:
         return state
+    names = ("W1", "W2") if "W2" in state else ("W1",)
     if mask is None:
-        return {**state, "W1r": state["W1"], "W2r": state["W2"]}
+        return {**state, **{f"{n}r": state[n] for n in names}}
     c = mask[:, f_end - 1, None, None, None, None]
-    return {**state, "W1r": torch.where(c, state["W1"], state["W1r"]), "W2r": torch.where(c, state["W2"], state["W2r"])}
+    return {**state, **{f"{n}r": torch.where(c, state[n], state[f"{n}r"]) for n in names}}
 
 
 def _cols(mask, f, f_end):
@@ -370,7 +388,7 @@ def projection_memories(params, state, u, mask, offset, cfg, reference=False):
     alpha_w, alpha_b, eta_w, eta_b = (params[name][:, None] for name in ("alpha_w", "alpha_b", "eta_w", "eta_b"))
     for f, f_end in _column_ranges(u.shape[3], offset, chunk, reference):
         x = u[:, :, :, f:f_end]
-        r = mlp_memory(state["W1r"], state["W2r"], x)                            # [B, H, n, c, d]
+        r = mlp_memory(*_layers(state, M0[1], True), x)                           # [B, H, n, c, d]
         k, v = F.normalize(r[:, :, 0], dim=-1), r[:, :, 1]
         log_alpha = F.logsigmoid((r[:, :, 3] * alpha_w).sum(-1) + alpha_b)
         gate = torch.sigmoid((r[:, :, 2] * eta_w).sum(-1) + eta_b)

@@ -124,9 +124,11 @@ class HopeSelfModifyingMemory(nn.Module):
         c = self.config
         state = {"conv": torch.zeros(batch_size, c.conv_size - 1, self.n_streams * c.hidden_size, device=device,
                                      dtype=dtype),
-                 "mem": init_memory_state(self.mem_W1, self.mem_W2, batch_size, c.use_momentum)}
+                 "mem": init_memory_state(self.mem_W1, self.mem_W2, batch_size, c.use_momentum,
+                                          c.memory_writes_first_layer)}
         if c.self_modifying:
-            state["bank"] = init_memory_state(self.bank_W1, self.bank_W2, batch_size, c.use_momentum)
+            state["bank"] = init_memory_state(self.bank_W1, self.bank_W2, batch_size, c.use_momentum,
+                                              c.memory_writes_first_layer)
         return state
 
     def forward(self, x, state, mask, offset, reference=False, write=True):

@@ -103,7 +103,7 @@ def test_whole_model_fast_equals_token_by_token_reference(dtype):
         out.loss.backward()
         state = out.past_key_values.get_state(1)
         results[impl] = (out.logits, [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in model.parameters()],
-                         [state["mem"]["W1"], state["bank"]["W2r"], state["cms"][0]["theta"][2],
+                         [state["mem"]["W1"], state["bank"]["W1r"], state["cms"][0]["theta"][2],
                           state["cms"][1]["grad"][0]])
     tol = 1e-9 if dtype == torch.float64 else 1e-5
     fast, ref = results["fast"], results["reference"]
