@@ -303,6 +303,7 @@ def memory_update(state, k, v, eta, log_alpha, log_beta, mask, objective, use_dg
         return new, read
     reads = []
     vhat = mlp_memory(*_layers(state, P2, True), v) if self_target else v
+    outer = torch.is_grad_enabled()    # without it nothing differentiates through the states: no graph across tokens
     with torch.enable_grad():
         # fresh aliases: the gradient is taken w.r.t. M only where M is applied to k (vhat is a fixed target)
         W1r, W2r = (w.view_as(w) if w.requires_grad else w.detach().requires_grad_()
@@ -312,7 +313,7 @@ def memory_update(state, k, v, eta, log_alpha, log_beta, mask, objective, use_dg
                 reads.append(mlp_memory(*_layers(new, P2), query[..., t:t + 1, :]))
             kt, vt = k[..., t:t + 1, :], vhat[..., t:t + 1, :]
             loss = _inner_loss(W1r, W2r, kt, vt, objective)
-            g1, g2 = (_clip_matrix(g, clip) for g in torch.autograd.grad(loss, (W1r, W2r), create_graph=True))
+            g1, g2 = (_clip_matrix(g, clip) for g in torch.autograd.grad(loss, (W1r, W2r), create_graph=outer))
             h = _unit(F.silu(kt @ W2r.transpose(-1, -2)))[0][..., 0, :]
             e, la = eta_m[..., t], log_alpha[..., t]
             a, rho = torch.exp(la), (e if use_dgd else torch.zeros_like(e))
@@ -325,7 +326,10 @@ def memory_update(state, k, v, eta, log_alpha, log_beta, mask, objective, use_dg
                 new["S1"] = S1
                 if first_layer:
                     new["S2"] = S2
-    return new, (torch.cat(reads, -2) if reads else None)
+    reads = torch.cat(reads, -2) if reads else None
+    if not outer:
+        new, reads = {key: x.detach() for key, x in new.items()}, None if reads is None else reads.detach()
+    return new, reads
 
 
 def _write(mask, dtype, t=None):
