@@ -7,6 +7,7 @@ argument errors. The package is imported normally once the arguments are parsed.
 
 import importlib.util
 import os
+import sys
 
 
 def _load_cli():
@@ -19,8 +20,11 @@ def _load_cli():
 
 
 def main(argv=None):
-    return _load_cli().main(argv)
+    """Run `hope-hf ARGV`. The console script exits with what this returns (`sys.exit(main())`), so it returns None:
+    exit status 0 once a command succeeded (its result, a path or a text, is already printed; a returned path made
+    the main job end with status 1)."""
+    _load_cli().main(argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

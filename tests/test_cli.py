@@ -40,6 +40,23 @@ def test_help_is_fast_and_imports_nothing_heavy(tmp_path):
         assert rc == 0 and f"usage: hope-hf {command}" in out and seconds < 2.0, (rc, seconds)
 
 
+def test_a_command_that_succeeds_exits_with_status_0(tmp_path, tokenizer):
+    """The console script runs `sys.exit(hope_hf_cli.main())` (as `python -m hope_hf_cli` does): a command's result
+    (train's checkpoint path, generate's text) must not become the exit status (a returned path gave 1)."""
+    from hope_hf import HopeConfig, HopeForCausalLM
+
+    config = HopeConfig.from_preset("tiny", vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                                    bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    HopeForCausalLM(config).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    argv = ["generate", "--model", str(tmp_path / "model"), "--prompt", "The json module", "--max-new-tokens", "3"]
+    wrapper = f"import sys, hope_hf_cli; sys.exit(hope_hf_cli.main({argv!r}))"       # what pip's script runs
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    for command in ([sys.executable, "-c", wrapper], [sys.executable, "-m", "hope_hf_cli", *argv]):
+        r = subprocess.run(command, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and r.stdout.strip(), (command[1], r.returncode, r.stdout, r.stderr[-2000:])
+
+
 def test_version(capsys):
     from importlib.metadata import version
 
