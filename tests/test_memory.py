@@ -163,6 +163,17 @@ def _memory_setup(dtype, n, objective="l2", momentum=True, seed=0, B=2, H=2, d=4
     return params, u, mask
 
 
+def _both_memories(params, u, mask, cfg, reference, first_layer=True):
+    """`_memory_setup`'s streams through the projection memories, then the output memory (memory 0's M_0, momentum
+    on). Returns (k, v, q, o, projection state, output state)."""
+    M0 = {"W1": params["W1"][:, :1], "W2": params["W2"][:, :1], "log_beta": params["log_beta"]}
+    bank0 = init_memory_state(params["W1"], params["W2"], 2, True, first_layer)
+    k, v, q, eta, log_alpha, bank = projection_memories(params, bank0, u, mask, 3, cfg, reference=reference)
+    o, mem = output_memory(M0, init_memory_state(M0["W1"], M0["W2"], 2, True, first_layer), k, v, q, eta, log_alpha,
+                           mask, 3, cfg, reference)
+    return k, v, q, o, bank, mem
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("variant", ["default", "no_momentum", "no_dgd", "dot", "clip", "fixed_q", "fixed_first_layer"])
 def test_projection_and_output_memories_fast_equal_reference(dtype, variant):
@@ -213,15 +224,11 @@ def test_a_state_without_first_layer_equals_one_that_keeps_it_at_M0(reference):
     cfg = dict(projection_chunk_size=4, memory_chunk_size=8, memory_lr_max=0.1, memory_objective="l2", use_dgd=True,
                self_modifying=True, memory_writes_first_layer=False)
     params, u, mask = _memory_setup(dtype, 5, T=13)
-    M0 = {"W1": params["W1"][:, :1], "W2": params["W2"][:, :1], "log_beta": params["log_beta"]}
     results = []
     for first in (True, False):                          # the state layout: with or without the unwritten W2
-        bank0 = init_memory_state(params["W1"], params["W2"], 2, True, first)
-        k, v, q, eta, log_alpha, bank = projection_memories(params, bank0, u, mask, 3, cfg, reference=reference)
-        o, mem = output_memory(M0, init_memory_state(M0["W1"], M0["W2"], 2, True, first), k, v, q, eta, log_alpha,
-                               mask, 3, cfg, reference)
+        _, _, _, o, bank, mem = _both_memories(params, u, mask, cfg, reference, first)
         if first:
-            assert torch.equal(bank["W2"], bank0["W2"]) and not bank["S2"].any()
+            assert torch.equal(bank["W2"], params["W2"].expand_as(bank["W2"])) and not bank["S2"].any()
         outs = [o, *(bank[key] for key in ("W1", "W1r", "S1")), *(mem[key] for key in ("W1", "W1r", "S1"))]
         loss = sum((t * torch.linspace(-1, 1, t.numel(), dtype=dtype).view_as(t)).sum() for t in outs)
         results.append((outs, torch.autograd.grad(loss, [params["W1"], params["W2"], params["eta_w"], u])))
@@ -242,11 +249,7 @@ def test_mask_none_is_every_position_real(reference):
     params, u, _ = _memory_setup(dtype, 5, T=13)
     results = []
     for mask in (torch.ones(2, 13, dtype=torch.bool), None):
-        st = init_memory_state(params["W1"], params["W2"], 2, True)
-        k, v, q, eta, log_alpha, bank = projection_memories(params, st, u, mask, 3, cfg, reference=reference)
-        M0 = {"W1": params["W1"][:, :1], "W2": params["W2"][:, :1], "log_beta": params["log_beta"]}
-        o, mem = output_memory(M0, init_memory_state(M0["W1"], M0["W2"], 2, True), k, v, q, eta, log_alpha, mask, 3,
-                               cfg, reference)
+        _, _, _, o, bank, mem = _both_memories(params, u, mask, cfg, reference)
         outs = [o, *(bank[key] for key in sorted(bank)), *(mem[key] for key in sorted(mem))]
         loss = sum((t * torch.linspace(-1, 1, t.numel(), dtype=dtype).view_as(t)).sum() for t in outs)
         results.append((outs, torch.autograd.grad(loss, [params["W1"], params["W2"], params["eta_w"], u])))
@@ -263,14 +266,10 @@ def test_the_reference_without_grad_returns_plain_tensors_equal_to_the_fast_path
     cfg = dict(projection_chunk_size=4, memory_chunk_size=8, memory_lr_max=0.1, memory_objective="l2", use_dgd=True,
                self_modifying=True, memory_writes_first_layer=first_layer)
     params, u, mask = _memory_setup(dtype, 5, T=13)
-    M0 = {"W1": params["W1"][:, :1], "W2": params["W2"][:, :1], "log_beta": params["log_beta"]}
     results = []
     with torch.no_grad():
         for reference in (True, False):
-            bank0 = init_memory_state(params["W1"], params["W2"], 2, True, first_layer)
-            k, v, q, eta, log_alpha, bank = projection_memories(params, bank0, u, mask, 3, cfg, reference=reference)
-            o, mem = output_memory(M0, init_memory_state(M0["W1"], M0["W2"], 2, True, first_layer), k, v, q, eta,
-                                   log_alpha, mask, 3, cfg, reference)
+            k, v, q, o, bank, mem = _both_memories(params, u, mask, cfg, reference, first_layer)
             results.append([k, v, q, o, *(bank[key] for key in sorted(bank)), *(mem[key] for key in sorted(mem))])
     assert not any(t.requires_grad or t.grad_fn is not None for t in results[0])
     for a, b in zip(*results):
