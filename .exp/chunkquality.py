@@ -1,9 +1,10 @@
 """Issue #10 item 5: lm_quality's Hope tiny (seed 0, FULL settings) at memory chunk / smallest CMS level 16, 64, 256.
 
-    PYTHONPATH=. python .exp/chunkquality.py OUT.json [corpus:chunk ...]
+    PYTHONPATH=. python .exp/chunkquality.py OUT.json [corpus:chunk[:cms] ...]
 
 chunk C sets projection_chunk_size = memory_chunk_size = C and the CMS levels to [C, 4C] for C <= 128 ([64, 256] at the
-default 64), [256, 512] at 256 (a 1024-token block must let the second level commit). Llama is not rerun (its seed-0
+default 64), [256, 512] at 256 (a 1024-token block must let the second level commit); `corpus:chunk:cms` keeps the
+CMS levels of chunk `cms` instead (the memory chunk alone varies: e.g. docs:16:64). Llama is not rerun (its seed-0
 perplexity is in benchmarks/results/lm_quality.json: same data, split and schedule)."""
 import json
 import sys
@@ -21,13 +22,14 @@ if __name__ == "__main__":
     out, todo = sys.argv[1], sys.argv[2:] or ["docs:256", "docs:64", "code:256", "code:64", "docs:16", "code:16"]
     s, results = FULL, {}
     for item in todo:
-        name, chunk = item.split(":")
+        name, chunk, *cms = item.split(":")
         chunk = int(chunk)
+        cms = int(cms[0]) if cms else chunk
         docs = common.corpus(name, s["max_chars"])
         tok = common.tokenizer_for(docs, s["vocab_size"])
         blocks = common.to_blocks(docs, tok, s["seq_len"])
         config = common.hope_config(s["preset"], tok, projection_chunk_size=chunk, memory_chunk_size=chunk,
-                                    cms_chunk_sizes=LEVELS[chunk])
+                                    cms_chunk_sizes=LEVELS[cms])
         train, val = common.split_blocks(blocks, s["val_blocks"], 0)
         model = common.build("hope", config, 0, s["seq_len"])
         start = time.perf_counter()
