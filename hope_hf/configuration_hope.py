@@ -12,7 +12,9 @@ MEMORY_OBJECTIVES = ("l2", "dot")
 
 # Preset shapes. tiny/small are ours, their chunk sizes chosen by measurement (projection/memory chunks 64/64: on
 # benchmarks.lm_quality's tiny setup the same validation perplexity as 16/64 within 0.1%, and the step 1.6x faster;
-# the output memory reads in-chunk, so its chunk only sets where gradients are linearised). The paper does not print
+# the output memory reads in-chunk, so its chunk only sets where gradients are linearised; that linearisation still
+# costs a little: memory/projection chunks 16 with the same CMS levels gave 1.0% / 2.5% lower docs / code perplexity
+# for 13-28% more step time, .exp/chunkquality.json). The paper does not print
 # its model dimensions, so the 340M/760M/1.3B shapes borrow width/depth from the Titans and Gated DeltaNet recipes
 # and size the CMS so the parameter count lands near the name (see `HopeConfig.from_preset`).
 PRESETS = {
