@@ -226,8 +226,11 @@ def load_session(cls, path, config=None, device=None, fingerprint=None):
     sig = json.loads(meta["signature"])
     sig = None if sig is None else tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in sig)
     if config is not None and sig != signature(config):
-        raise ValueError(f"the memory session in {path} was saved from a model with another config; load it with "
-                         "the same model configuration it was created with")
+        ours, theirs, unset = dict(signature(config)), dict(sig or ()), object()
+        fields = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k, unset) != theirs.get(k, unset))
+        raise ValueError(f"the memory session in {path} was saved from a model with another config (differing: "
+                         f"{', '.join(fields)}; a session saved before a field existed lacks it); load it with the "
+                         "same model configuration it was created with")
     saved = meta.get("weights_fingerprint")
     if fingerprint is not None and saved is not None and saved != fingerprint:
         raise ValueError(f"the memory session in {path} was made with other weights (fingerprint {saved}, this model "

@@ -199,8 +199,13 @@ def test_memory_session_restored_in_a_new_process(tmp_path):
     torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), torch.stack(expected.logits), rtol=1e-5,
                                atol=1e-5)
     other = visible_model(memory_hidden_size=16)
-    with pytest.raises(ValueError, match="another config"):
+    with pytest.raises(ValueError, match=r"another config \(differing: memory_hidden_size;"):
         HopeCache.load(tmp_path / "session.safetensors", config=other.config)
+    old = first.past_key_values                      # a session saved before memory_writes_first_layer existed
+    old.config_signature = tuple(kv for kv in old.config_signature if kv[0] != "memory_writes_first_layer")
+    old.save(tmp_path / "old.safetensors")
+    with pytest.raises(ValueError, match=r"differing: memory_writes_first_layer; a session saved before"):
+        HopeCache.load(tmp_path / "old.safetensors", config=model.config)
 
 
 BLOCK_HOPE = """
