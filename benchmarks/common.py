@@ -59,8 +59,8 @@ class Run:
     """Wall time and the CPU cores other processes kept busy during a benchmark (should be ~0 for timings).
 
     Sets torch's thread count first: `BENCH_THREADS=n` in the environment (or a benchmark's `--threads`), else
-    `threads`, else `hope_hf.cli.default_threads()` (cores - 1: oversubscribed cores slow Hope's many small ops down 10-100x, README
-    "Threads"); the choice is printed."""
+    `threads`, else `hope_hf.cli.default_threads()` (cores - 1: oversubscribed cores slow Hope's many small ops down
+    10-100x, README "Threads"); the choice is printed."""
 
     def __init__(self, threads: int | None = None):
         print(use_threads(int(os.environ["BENCH_THREADS"]) if os.environ.get("BENCH_THREADS") else threads))

@@ -169,7 +169,7 @@ def markdown(results: dict) -> str:
     rows = ["| model | params | A ppl after A | A ppl after B | A ppl rise | B ppl after A | B ppl after B | s/step |",
             "|---|---|---|---|---|---|---|---|"]
     many = len(seeds) > 1
-    span = (lambda r, k, f: f" ({f(r[k + '_min'])}-{f(r[k + '_max'])})" if many and k + "_min" in r else "")
+    span = (lambda r, k, f: f" ({f(r[k + '_min'])}-{f(r[k + '_max'])})" if many and k + "_min" in r else "")  # noqa: E731
     ppl, pct = (lambda x: f"{x:.1f}"), (lambda x: f"{x:+.0%}")
     for kind, r in results["models"].items():
         rise = "n/a" if r["A_ppl_rise"] is None else f"{r['A_ppl_rise']:+.1%}{span(r, 'A_ppl_rise', pct)}"

@@ -91,8 +91,9 @@ def run(preset="tiny", lengths=(256, 2048, 8192, 32768), new_tokens=16, out_dir=
            "targets": {"hope_ms_ratio_longest_over_shortest": 1.1, "hope_state_over_llama_kv_at_8192": 0.05},
            "params": {"hope": n_params(hope), "llama": n_params(llama)}, "rows": []}
     for L in tqdm(lengths, desc="decode"):
-        res["rows"].append({"prompt_tokens": L, **{k: decode(m, L, new_tokens, device=device, autocast_dtype=autocast_dtype)
-                                                   for k, m in (("hope", hope), ("llama", llama))}})
+        row = {k: decode(m, L, new_tokens, device=device, autocast_dtype=autocast_dtype)
+               for k, m in (("hope", hope), ("llama", llama))}
+        res["rows"].append({"prompt_tokens": L, **row})
     h = {r["prompt_tokens"]: r["hope"] for r in res["rows"]}
     ll = {r["prompt_tokens"]: r["llama"] for r in res["rows"]}
     res["hope_ms_ratio_longest_over_shortest"] = h[max(h)]["ms_per_token_median"] / h[min(h)]["ms_per_token_median"]
@@ -143,7 +144,8 @@ def main(argv=None):
 
 
 def markdown(res: dict) -> str:
-    lines = ["| prompt tokens | Hope ms/token | Llama ms/token | Hope state | Llama KV cache |", "|---|---|---|---|---|"]
+    lines = ["| prompt tokens | Hope ms/token | Llama ms/token | Hope state | Llama KV cache |",
+             "|---|---|---|---|---|"]
     for r in res["rows"]:
         h, l_ = r["hope"], r["llama"]
         lines.append(f"| {r['prompt_tokens']} | {h['ms_per_token_median']:.2f} | {l_['ms_per_token_median']:.2f} | "

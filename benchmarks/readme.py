@@ -131,13 +131,15 @@ def targets(results: Path = RESULTS) -> list[str]:
     q = _load(results, "lm_quality")
     if q:
         for name, c in q["corpora"].items():
-            rows.append((f"validation perplexity Hope / Llama, {name} corpus", f"{c['hope_over_llama_perplexity']:.3f}x",
-                         f"<= {q['target_hope_over_llama_perplexity']}", "met" if c["target_met"] else "**not met**"))
+            rows.append((f"validation perplexity Hope / Llama, {name} corpus",
+                         f"{c['hope_over_llama_perplexity']:.3f}x", f"<= {q['target_hope_over_llama_perplexity']}",
+                         "met" if c["target_met"] else "**not met**"))
     c = _load(results, "continual")
     if c:
         ratio = c["hope_rise_over_llama_rise"]
         rows.append(("rise of domain-A perplexity after training on B, Hope / Llama",
-                     "n/a" if ratio is None else f"{ratio:.2f}x", "<= 0.7", "met" if c["target_met"] else "**not met**"))
+                     "n/a" if ratio is None else f"{ratio:.2f}x", "<= 0.7",
+                     "met" if c["target_met"] else "**not met**"))
     r = _load(results, "recall")
     if r and "hope_acc_at_4L" in r:
         rows.append(("associative recall accuracy at 4x the training length, Hope", f"{r['hope_acc_at_4L']:.1%}",

@@ -22,8 +22,8 @@ same order, with AdamW, the same learning rate and warm-up + cosine schedule (`c
 curriculum (`make_curriculum`, stages in `curriculum_stages` order: P = 2, then 2/4, 2/4/8, then all with the
 passkey). Hope also starts from `shifted_key_init` (key head h also reads token t - h; queries start in the keys'
 space), gets no gradient into its query path for the first `query_warmup` steps, and writes its memories' first
-layers for the first `first_layer_warmup` steps (`first_layer_warmup`; fixed after, the default). Each piece was measured in
-issue #10 (tiny, 2,000 steps, seeds 0/1/2; `benchmarks/recall_findings.md`): without them Hope's queries for
+layers for the first `first_layer_warmup` steps (`first_layer_warmup`; fixed after, the default). Each piece was
+measured in issue #10 (tiny, 2,000 steps, seeds 0/1/2; `benchmarks/recall_findings.md`): without them Hope's queries for
 different records collapsed to one vector within the first 200 steps and it copied some value of the context
 instead of binding (43.0% at 4L). Llama trains without the query warm-up, which only hurt it (its `q_proj` held for
 800 steps: passkey 84% instead of 100%, all pairs at 4L 25.7% instead of 29.8%). Llama's RoPE table covers the
@@ -570,8 +570,8 @@ def markdown(results: dict) -> str:
         for i, p in enumerate(probe):
             best = max(range(len(p["cos_kq_match"])), key=lambda h: p["cos_kq_match"][h] - p["cos_kq_other"][h])
             lines.append(f"- layer {i}: cos match {mean(p['cos_kq_match']):.2f} vs other {mean(p['cos_kq_other']):.2f} "
-                         f"(head {best}: {p['cos_kq_match'][best]:.2f} vs {p['cos_kq_other'][best]:.2f}); eta at values "
-                         f"{mean(p['eta_at_values']):.3f} vs {mean(p['eta_mean']):.3f}; retention "
+                         f"(head {best}: {p['cos_kq_match'][best]:.2f} vs {p['cos_kq_other'][best]:.2f}); "
+                         f"eta at values {mean(p['eta_at_values']):.3f} vs {mean(p['eta_mean']):.3f}; retention "
                          f"{mean(p['alpha_mean']):.4f}" + (
                              f"; cos between records' queries {mean(p['cos_q_between_asks']):.2f}, keys "
                              f"{mean(p['cos_k_between_records']):.2f}, values {mean(p['cos_v_between_records']):.2f}"

@@ -91,7 +91,8 @@ def _register_cpu_attention_flops():
     from torch.utils import flop_counter as fc
 
     aten = torch.ops.aten
-    fwd, bwd = aten._scaled_dot_product_flash_attention_for_cpu, aten._scaled_dot_product_flash_attention_for_cpu_backward
+    fwd = aten._scaled_dot_product_flash_attention_for_cpu
+    bwd = aten._scaled_dot_product_flash_attention_for_cpu_backward
 
     def forward(q, k, v, dropout_p=0.0, is_causal=False, *args, out_shape=None, **kwargs):
         return round(fc.sdpa_flop_count(q, k, v) * _causal_share(q, k, is_causal))
@@ -116,10 +117,10 @@ def count_flops(fn) -> int:
 
 
 def forward_flops(model, seq_len: int, batch_size: int = 1, device="cpu") -> dict:
-    """Where a Hope model's forward FLOPs go, per token (FlopCounterMode's module attribution of one training-mode forward):
-    the self-modifying memories (projections, k/v/q/eta/alpha memories, output memory, gate), the CMS levels' MLPs,
-    the rest of the blocks (the CMS gradient sums and commits of the in-context updates), and the rest of the model
-    (embedding, LM head and the teach signals)."""
+    """Where a Hope model's forward FLOPs go, per token (FlopCounterMode's module attribution of one training-mode
+    forward): the self-modifying memories (projections, k/v/q/eta/alpha memories, output memory, gate), the CMS levels'
+    MLPs, the rest of the blocks (the CMS gradient sums and commits of the in-context updates), and the rest of the
+    model (embedding, LM head and the teach signals)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     _register_cpu_attention_flops()
@@ -297,7 +298,7 @@ def train_memory(build, seq_len: int, batch_size: int = 1) -> dict:
     activations, gradients, temporaries), each also per token."""
     n = batch_size * seq_len
     saved, rss = memory_in_fresh_process(build, seq_len, batch_size)
-    per = lambda b: None if b is None else b / n
+    per = lambda b: None if b is None else b / n  # noqa: E731
     return {"saved_activations_bytes": saved, "saved_activations_bytes_per_token": per(saved),
             "peak_rss_above_start_bytes": rss, "peak_rss_above_start_bytes_per_token": per(rss)}
 
@@ -339,7 +340,7 @@ def compiled_throughput(build, seq_len: int, batch_size: int, iters: int, budget
                         autocast_dtype=None) -> dict:
     """`train_throughput` of `build()` with its memories compiled (`compile_memories`, what `hope-hf train --compile`
     does); the first call, which compiles (or loads torch's compile cache), is timed separately as `first_call_s`."""
-    torch._dynamo.reset()            # each case compiles afresh: earlier cases' graphs count towards the recompile limit
+    torch._dynamo.reset()    # each case compiles afresh: earlier cases' graphs count towards the recompile limit
     torch.manual_seed(0)
     model = build().to(device).compile_memories()
     return train_throughput(model, seq_len, batch_size, iters, budget_s, device, autocast_dtype, flops=False)
@@ -439,7 +440,8 @@ def markdown(results: dict) -> str:
     for r in results["throughput"]:
         h, l_ = r["hope"], r["llama"]
         lines.append(f"| {r['preset']} | {r['seq_len_tokens']} | {h['params'] / 1e6:.2f}M | {l_['params'] / 1e6:.2f}M "
-                     f"| {h['tokens_per_s']:,.0f} | {l_['tokens_per_s']:,.0f} | {r['hope_over_llama_tokens_per_s']:.3f}x "
+                     f"| {h['tokens_per_s']:,.0f} | {l_['tokens_per_s']:,.0f} "
+                     f"| {r['hope_over_llama_tokens_per_s']:.3f}x "
                      f"| {percent(h['fraction_of_matmul_peak'])} | {percent(l_['fraction_of_matmul_peak'])} | "
                      + (f"{h['aten_calls_per_token']:.0f} / {l_['aten_calls_per_token']:.1f} |"
                         if "aten_calls_per_token" in h else "- |")
@@ -477,7 +479,8 @@ def markdown(results: dict) -> str:
             c = r["hope_compiled"]
             lines.append(f"| {r['preset']} | {r['seq_len_tokens']} | {c['tokens_per_s']:,.0f} "
                          f"| {c['tokens_per_s'] / r['hope']['tokens_per_s']:.2f}x "
-                         f"| {r['hope_compiled_over_llama_tokens_per_s']:.3f}x | {percent(c['fraction_of_matmul_peak'])} "
+                         f"| {r['hope_compiled_over_llama_tokens_per_s']:.3f}x "
+                         f"| {percent(c['fraction_of_matmul_peak'])} "
                          f"| {c['first_call_s']:.0f} |")
     split = [r for r in results["throughput"] if "forward_flops" in r["hope"] and "forward_flops" in r["llama"]]
     if split:
@@ -505,7 +508,8 @@ def markdown(results: dict) -> str:
         lines.append(f"\nChunk-parallel memories vs the token-by-token reference (Hope tiny, forward, "
                      f"{s['seq_len_tokens']} tokens): fast {s['fast_median_s']:.3f} s, reference "
                      f"{s['reference_median_s']:.3f} s -> **{s['speedup_x']:.1f}x** (target >= "
-                     f"{t['fast_over_reference_speedup_at_1024']:.0f}x at 1024)" + (f" ({s['note']})" if s["note"] else ""))
+                     f"{t['fast_over_reference_speedup_at_1024']:.0f}x at 1024)"
+                     + (f" ({s['note']})" if s["note"] else ""))
     for sk in results.get("skipped", []):
         lines.append(f"\nNot measured: {sk['preset']} at {sk['seq_len_tokens']} tokens ({sk['reason']})"
                      + (f"; measured there: {sk['measured']}." if "measured" in sk else "."))
@@ -624,7 +628,8 @@ def run(presets=("tiny", "small"), lengths=(512, 2048, 8192), ref_len=1024, iter
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny preset at 512 and 2048 tokens, fewer iterations")
-    parser.add_argument("--out", help="folder for <name>.json and .png (default benchmarks/results, --quick: .../quick)")
+    parser.add_argument("--out",
+                        help="folder for <name>.json and .png (default benchmarks/results, --quick: .../quick)")
     parser.add_argument("--presets", nargs="+", help="Hope presets (default tiny small)")
     parser.add_argument("--lengths", type=int, nargs="+", help="sequence lengths (default 512 2048 8192)")
     parser.add_argument("--batch-size", type=int, default=1)

@@ -97,7 +97,8 @@ def main(argv=None) -> dict:
     train_ds, eval_ds = load_blocks(args, tok, model.config)
     training_args = TrainingArguments(
         output_dir=str(args.output_dir / "trainer"), max_steps=args.max_steps,
-        per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.batch_size, gradient_accumulation_steps=args.grad_accum,
+        per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.grad_accum,
         activation_checkpointing=True, learning_rate=args.lr, lr_scheduler_type="cosine", warmup_steps=0.1,
         logging_steps=max(1, args.max_steps // 10), save_strategy="no", report_to="none", seed=args.seed,
         use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0)

@@ -11,10 +11,10 @@ sequence, bf16: the Titans memories (with the projection-memory bank), the conv 
 theta = (gate, up, down) and the gradient sum of the current chunk. Backward keeps, roughly, one memory state per
 `memory_chunk_size` tokens and one theta plus one gradient sum per CMS commit (T / C_l commits of level l); this
 history is per sequence, FSDP does not shard it, and `--tbptt-segments K` divides it by about K. With
-`--gradient-checkpointing` (span groups) backward keeps instead one state per group of G ~ sqrt(#spans) spans, and, while
-a group is recomputed, one per span of that group: (#groups + G) span states, each the memories, the smallest level's
-theta and every level's gradient sum. Ordinary activations (hidden states, logits) come on top. The model is built on
-the meta device, so no memory is used.
+`--gradient-checkpointing` (span groups) backward keeps instead one state per group of G ~ sqrt(#spans) spans, and,
+while a group is recomputed, one per span of that group: (#groups + G) span states, each the memories, the smallest
+level's theta and every level's gradient sum. Ordinary activations (hidden states, logits) come on top. The model is
+built on the meta device, so no memory is used.
 """
 
 from __future__ import annotations

@@ -196,7 +196,8 @@ def train_parser() -> argparse.ArgumentParser:
       help="blocks per process per micro-step")
     a("--gradient-accumulation-steps", "--grad-accum", dest="grad_accum", type=int, metavar="N", default=1,
       help="micro-steps per optimizer step")
-    a("--learning-rate", "--lr", dest="lr", metavar="LR", type=_arg_type(positive_finite), default=3e-3, help="peak learning rate")
+    a("--learning-rate", "--lr", dest="lr", metavar="LR", type=_arg_type(positive_finite), default=3e-3,
+      help="peak learning rate")
     a("--optimizer", choices=OPTIMIZERS, default="adamw",
       help="adamw, m3 (multi-scale momentum Muon) or dmgd (deep momentum GD); see hope_hf.optim")
     a("--cms-outer-periods", type=int, nargs="+", default=None,

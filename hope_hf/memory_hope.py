@@ -255,10 +255,10 @@ def memory_update(state, k, v, eta, log_alpha, log_beta, mask, objective, use_dg
     The targets are vhat = M_{chunk start}(v) (self-generated, Eq. 87), or v with `self_target=False`.
     state tensors: [B, H, n, ...]; k, v: [B, H, 1, c, d]; eta, log_alpha: [B, H, c];
     log_beta: [H] or None; mask: [B, c] or None (all real); clip: the bound of each layer's per-token gradient norm
-    (`clip_outer`; None: unclipped). `first_layer=False` leaves W2 (and S2) as they are, or M_0's W2 (the prior) when the
-    state holds none (`init_memory_state(first_layer=False)`): only W1 is written. With `query` [B, H, n, c, d] also
-    returns the reads M_{t-1}(q_t) of the running
-    state before each position's own write and after every earlier one (Eq. 86/94; design.md A1), else None.
+    (`clip_outer`; None: unclipped). `first_layer=False` leaves W2 (and S2) as they are, or M_0's W2 (the prior) when
+    the state holds none (`init_memory_state(first_layer=False)`): only W1 is written. With `query` [B, H, n, c, d]
+    also returns the reads M_{t-1}(q_t) of the running state before each position's own write and after every earlier
+    one (Eq. 86/94; design.md A1), else None.
     `prior`: (P1, P2), the states the retention pulls W1, W2 back to (None: zero). The fast path uses `dgd_chunk`
     (one token: `dgd_step`); the reference steps token by token with `dgd_step`, autograd gradients of the inner
     loss (Eq. 88 literally, then clipped) and `mlp_memory` reads. Returns (new_state, reads)."""

@@ -18,8 +18,8 @@ os.environ["TRANSFORMERS_VERBOSITY"] = "error"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
-import pytest
-import torch
+import pytest  # noqa: E402  (after the environment above, which these imports read)
+import torch  # noqa: E402
 
 torch.set_num_threads(1)  # tiny models: one thread is as fast and immune to oversubscription
 

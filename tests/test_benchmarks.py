@@ -41,8 +41,8 @@ def test_speed_benchmark_smallest_case(tmp_path):
     f = row["hope"]["forward_flops"]                          # where Hope's forward FLOPs go: the parts add up
     parts = ("memory_per_token", "cms_mlp_per_token", "cms_updates_per_token", "head_and_teach_per_token")
     assert f["cms_updates_per_token"] == 0         # 64 tokens: no CMS level commits inside the call, no sums taken
-    assert all(f[k] > 0 for k in parts if k != "cms_updates_per_token") and abs(sum(f[k] for k in parts) - f["total_per_token"]) < 1e-6 * f[
-        "total_per_token"]
+    assert all(f[k] > 0 for k in parts if k != "cms_updates_per_token")
+    assert abs(sum(f[k] for k in parts) - f["total_per_token"]) < 1e-6 * f["total_per_token"]
     assert 0 < row["llama"]["forward_flops"]["total_per_token"] < row["llama"]["flops_per_step"] / 64
     assert "Forward FLOPs per token" in speed.markdown(results)
     c = row["hope_compiled"]                                  # regional compile (`hope-hf train --compile`)
@@ -158,7 +158,8 @@ def test_speed_benchmark_measures_checkpointed_hope_where_eager_does_not_fit(tmp
     assert "hope" not in row and row["hope_ckpt"]["tokens_per_s"] > 0 and row["llama"]["tokens_per_s"] > 0
     assert row["hope_ckpt_over_llama_saved_activations"] > 0
     text = speed.markdown(results)
-    assert "| tiny | 64 |" in text and "(does not fit); measured there: Llama and Hope with activation checkpointing only" in text
+    assert "| tiny | 64 |" in text
+    assert "(does not fit); measured there: Llama and Hope with activation checkpointing only" in text
     assert any("saved activations Hope (checkpointed) / Llama, tiny @ 64" in line for line in readme.targets(tmp_path))
 
 

@@ -22,8 +22,8 @@ def shim(*argv, cwd, offline=True):
         for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
             env.pop(var, None)
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "hope_hf_cli", *argv], check=False, cwd=cwd, env=env, capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run([sys.executable, "-m", "hope_hf_cli", *argv], check=False, cwd=cwd, env=env, capture_output=True,
+                       text=True, timeout=120)
     return r.returncode, r.stdout, r.stderr, time.perf_counter() - t0
 
 
@@ -32,7 +32,8 @@ def test_help_is_fast_and_imports_nothing_heavy(tmp_path):
             "try:\n    hope_hf_cli.main(['train', '--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
             f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    r = subprocess.run([sys.executable, "-c", code], check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, "-c", code], check=False, cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "[]"
     for command in ("train", "generate"):

@@ -22,8 +22,8 @@ def visible_model(seed=0, **kw):
     """Initialised large enough that the carried state moves the logits by O(1) (a reset cache is detected)."""
     base = dict(vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, memory_hidden_size=8,
                 projection_chunk_size=4, memory_chunk_size=8, cms_chunk_sizes=[16, 32], cms_intermediate_size=32,
-                initializer_range=0.1, cms_lr_init=0.05, memory_lr_max=0.2, cms_out_scale_init=1.0, pad_token_id=0, bos_token_id=1,
-                eos_token_id=2)
+                initializer_range=0.1, cms_lr_init=0.05, memory_lr_max=0.2, cms_out_scale_init=1.0, pad_token_id=0,
+                bos_token_id=1, eos_token_id=2)
     torch.manual_seed(seed)
     return HopeForCausalLM(HopeConfig(**{**base, **kw})).eval()
 

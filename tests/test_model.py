@@ -102,7 +102,8 @@ def test_whole_model_fast_equals_token_by_token_reference(dtype):
         out = model(input_ids=x, attention_mask=mask, labels=x.masked_fill(mask == 0, -100), use_cache=True)
         out.loss.backward()
         state = out.past_key_values.get_state(1)
-        results[impl] = (out.logits, [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in model.parameters()],
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in model.parameters()]
+        results[impl] = (out.logits, grads,
                          [state["mem"]["W1"], state["bank"]["W1r"], state["cms"][0]["theta"][2],
                           state["cms"][1]["grad"][0]])
     tol = 1e-9 if dtype == torch.float64 else 1e-5

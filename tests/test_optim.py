@@ -1,4 +1,5 @@
-"""Deep optimizers (`hope_hf.optim`): special cases, multi-frequency cadence, convergence, exact resume, Trainer, DDP."""
+"""Deep optimizers (`hope_hf.optim`): special cases, multi-frequency cadence, convergence, exact resume, Trainer,
+DDP."""
 
 import io
 import os

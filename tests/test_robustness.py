@@ -428,8 +428,8 @@ def test_remote_code_generates_with_a_carried_cache(python, model_dir, tmp_path)
     environment's transformers (CI installs the newest allowed) and any in HOPE_HF_OTHER_PYTHONS."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_HOME=str(tmp_path / "hf_home"), OMP_NUM_THREADS="1")
-    r = subprocess.run([python, "-c", REMOTE, str(model_dir)], check=False, cwd=tmp_path, env=env, capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run([python, "-c", REMOTE, str(model_dir)], check=False, cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     _, version, module = next(x for x in r.stdout.splitlines() if x.startswith("RESULT")).split()
     assert module.startswith("transformers_modules."), module

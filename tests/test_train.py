@@ -134,10 +134,11 @@ def test_two_process_accelerate_launch(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     proc = launch(lambda port: [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), "-m", "hope_hf.train",
-        *SMALL, "--batch-size", "2", "--grad-accum", "2", "--tbptt-segments", "2", "--max-steps", "3", "--eval-every",
-        "3", "--save-every", "3", "--debug-log-batches", "--output-dir", str(out)], env=env, timeout=300, cwd=REPO, out=out)
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+        "-m", "hope_hf.train", *SMALL, "--batch-size", "2", "--grad-accum", "2", "--tbptt-segments", "2",
+        "--max-steps", "3", "--eval-every", "3", "--save-every", "3", "--debug-log-batches", "--output-dir", str(out)],
+        env=env, timeout=300, cwd=REPO, out=out)
     log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
     hashes = [r["batch_hashes"] for r in log if "batch_hashes" in r]
     assert len(hashes) == 3 and all(len(h) == 2 and h[0] != h[1] for h in hashes), hashes

@@ -13,10 +13,10 @@ shrinks s = silu(W2 k), whose unit-norm gradient moves n = s/|s| by eta/|s|^2. W
 
 The second model is trained on associative recall (`benchmarks.recall`'s recipe, shortened to 600 steps of 4 x 128
 tokens, its memories' first layers written for the first 360; 400 steps with 240 learnt too little: loss 4.27 ->
-2.38). With the first layers written throughout (before session 23's default), 400 steps, its memories turned chaotic, the output memory's residuals M(k) - M(v) being
-heavy-tailed: gain per 256-token window 4.0, 1.4, 0.53, 1.5, 15, 100, 890, 8.2e4 (16x; 800 steps: 9e6;
-`.exp/chaos_steps.py`, `.exp/chaos_steps.jsonl`). With them fixed (`memory_writes_first_layer=False`, the default)
-every write is a delta rule on unit features."""
+2.38). With the first layers written throughout (before session 23's default), 400 steps, its memories turned
+chaotic, the output memory's residuals M(k) - M(v) being heavy-tailed: gain per 256-token window 4.0, 1.4, 0.53,
+1.5, 15, 100, 890, 8.2e4 (16x; 800 steps: 9e6; `.exp/chaos_steps.py`, `.exp/chaos_steps.jsonl`). With them fixed
+(`memory_writes_first_layer=False`, the default) every write is a delta rule on unit features."""
 
 import sys
 from pathlib import Path
