@@ -1,7 +1,10 @@
 """Which writes make the recall-trained model chaotic past 8L? Trains seed SEED with benchmarks.recall's recipe once
 (cached in /work/ckpt), then measures the logit gain from a 1e-6 nudge of token 0 per 512-token window (float64) on a
 4,096-token P = 8 sequence with inference-time variants of the memory writes.
-PYTHONPATH=. python .exp/chaos_probe.py SEED VARIANT..."""
+PYTHONPATH=. python .exp/chaos_probe.py SEED VARIANT...
+
+Historical (session 22): it patches `memory_update` / `memory_errors` with their signatures of that time (before
+`first_layer=`), so it runs only at commits before aa49caf; `.exp/bound_probe.py` is its current counterpart."""
 import json, os, sys, torch
 import torch.nn.functional as F
 from benchmarks import recall, common
