@@ -136,6 +136,8 @@ def render_model_card(config, num_parameters=None, training=None, eval_results=N
     values = {
         "model_name": model_name,
         "cms_levels": "here " + ", ".join(map(str, cms)) if cms else "this model has no CMS levels",
+        "memory_writes": "both layers of every memory" if config.memory_writes_first_layer else
+                         "only their second layer (the first stays a meta-learned feature map)",
         "config_table": _config_table(config),
         "num_parameters": _format_count(num_parameters),
         "training": _training(training),

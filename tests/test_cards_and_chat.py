@@ -40,6 +40,9 @@ def test_card_has_front_matter_architecture_every_field_and_limitations():
     for name in config_fields():
         assert f"| `{name}` |" in card, name
     assert "| `cms_chunk_sizes` | `[64, 256]` |" in card
+    assert "Each step writes\n  only their second layer (the first stays a meta-learned feature map)." in card
+    literal = render_model_card(HopeConfig.from_preset("tiny", memory_writes_first_layer=True))
+    assert "Each step writes\n  both layers of every memory." in literal
     n_params = sum(p.numel() for p in HopeForCausalLM(config).parameters())
     assert f"{n_params:,}" in card                               # counted on the meta device
     assert "| validation perplexity | 12.5 |" in card and "**steps:** 7" in card
