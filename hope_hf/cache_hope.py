@@ -225,8 +225,9 @@ def load_session(cls, path, config=None, device=None, fingerprint=None):
         raise ValueError(f"{path} is not a Hope memory session (saved with HopeCache.save)")
     sig = json.loads(meta["signature"])
     sig = None if sig is None else tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in sig)
-    if config is not None and sig != signature(config):
-        ours, theirs, unset = dict(signature(config)), dict(sig or ()), object()
+    ours = None if config is None else signature(config)
+    if ours is not None and sig != ours:
+        ours, theirs, unset = dict(ours), dict(sig or ()), object()
         fields = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k, unset) != theirs.get(k, unset))
         raise ValueError(f"the memory session in {path} was saved from a model with another config (differing: "
                          f"{', '.join(fields)}; a session saved before a field existed lacks it); load it with the "

@@ -15,9 +15,13 @@ REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers", "datasets", "accelerate", "hope_hf")
 
 
+def _repo_env():
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+
 def shim(*argv, cwd, offline=True):
     """`python -m hope_hf_cli ARGV` (the console script's entry point) in a fresh process; (rc, stdout, stderr, s)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env = _repo_env()
     if not offline:  # a name sent to the Hub would hang on retries here, not fail in a second
         for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
             env.pop(var, None)
@@ -44,15 +48,15 @@ def test_help_is_fast_and_imports_nothing_heavy(tmp_path):
 def test_a_command_that_succeeds_exits_with_status_0(tmp_path, tokenizer):
     """The console script runs `sys.exit(hope_hf_cli.main())` (as `python -m hope_hf_cli` does): a command's result
     (train's checkpoint path, generate's text) must not become the exit status (a returned path gave 1)."""
-    from hope_hf import HopeConfig, HopeForCausalLM
+    from test_cards_and_chat import _tiny_config
 
-    config = HopeConfig.from_preset("tiny", vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                                    bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    HopeForCausalLM(config).save_pretrained(tmp_path / "model")
+    from hope_hf import HopeForCausalLM
+
+    HopeForCausalLM(_tiny_config(tokenizer)).save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
     argv = ["generate", "--model", str(tmp_path / "model"), "--prompt", "The json module", "--max-new-tokens", "3"]
     wrapper = f"import sys, hope_hf_cli; sys.exit(hope_hf_cli.main({argv!r}))"       # what pip's script runs
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env = _repo_env()
     for command in ([sys.executable, "-c", wrapper], [sys.executable, "-m", "hope_hf_cli", *argv]):
         r = subprocess.run(command, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
         assert r.returncode == 0 and r.stdout.strip(), (command[1], r.returncode, r.stdout, r.stderr[-2000:])
