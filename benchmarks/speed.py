@@ -338,11 +338,11 @@ def train_throughput(model, seq_len: int, batch_size: int, iters: int, budget_s:
 
 def compiled_throughput(build, seq_len: int, batch_size: int, iters: int, budget_s: float, device="cpu",
                         autocast_dtype=None) -> dict:
-    """`train_throughput` of `build()` with its memories compiled (`compile_memories`, what `hope-hf train --compile`
+    """`train_throughput` of `build()` with its blocks compiled (`compile_blocks`, what `hope-hf train --compile`
     does); the first call, which compiles (or loads torch's compile cache), is timed separately as `first_call_s`."""
     torch._dynamo.reset()    # each case compiles afresh: earlier cases' graphs count towards the recompile limit
     torch.manual_seed(0)
-    model = build().to(device).compile_memories()
+    model = build().to(device).compile_blocks()
     return train_throughput(model, seq_len, batch_size, iters, budget_s, device, autocast_dtype, flops=False)
 
 
@@ -396,6 +396,12 @@ def busy_process(on: bool = True):
             info["cpu_s"] = times.user + times.system
         proc.kill()
         proc.wait()
+
+
+def at_peak_ratio(row: dict, peak: dict) -> float:
+    """Hope / Llama tokens/s if every Hope FLOP ran at the measured matmul peak, against Llama as measured: the most
+    any implementation of this model could reach on this machine (no FLOP is free)."""
+    return row["llama"]["median_s"] / (row["hope"]["flops_per_step"] / peak["flops_per_s"])
 
 
 def plot(rows: list[dict], path: Path):
@@ -471,8 +477,10 @@ def markdown(results: dict) -> str:
                             if c.get("peak_rss_above_start_bytes") is not None else " - |"))
     comp = [r for r in results["throughput"] if "hope_compiled" in r]
     if comp:
-        lines += ["\nHope with compiled memories (`hope-hf train --compile`: `compile_memories`, regional "
-                  "torch.compile; the first call compiles, or loads torch's compile cache):\n",
+        how = results["settings"].get("compiled", "compile_memories")     # (runs before 2026-12-06: memories)
+        lines += [f"\nHope with compiled {how.split('_')[1]} (`{how}`, regional torch.compile"
+                  + ("; what `hope-hf train --compile` does" if how == "compile_blocks" else "")
+                  + "; the first call compiles, or loads torch's compile cache):\n",
                   "| preset | tokens | Hope compiled tok/s | compiled / eager Hope | compiled / Llama | % of peak "
                   "| first call s |", "|---|---|---|---|---|---|---|"]
         for r in comp:
@@ -494,6 +502,21 @@ def markdown(results: dict) -> str:
             lines.append(f"| {r['preset']} | {r['seq_len_tokens']} | {h['total_per_token'] / 1e6:.1f} | "
                          + " | ".join(f"{h[k] / 1e6:.1f} ({h[k] / h['total_per_token']:.0%})" for k in parts)
                          + f" | {total_l / 1e6:.1f} | {h['total_per_token'] / total_l:.2f}x |")
+    bounds = [r for r in results["throughput"] if "hope_over_llama_tokens_per_s_at_peak" in r]
+    if bounds:
+        lines += ["\nWhat the FLOPs allow: Hope / Llama tokens/s if every Hope FLOP ran at the measured matmul peak "
+                  "and Llama as measured (`hope_over_llama_tokens_per_s_at_peak`); a target above it is out of reach "
+                  "for this model on this machine, whatever the implementation:\n",
+                  "| preset | tokens | Hope / Llama FLOPs per step | Llama % of peak | Hope / Llama at Hope's peak "
+                  "| measured eager | measured compiled |", "|---|---|---|---|---|---|---|"]
+        for r in bounds:
+            lines.append(f"| {r['preset']} | {r['seq_len_tokens']} "
+                         f"| {r['hope']['flops_per_step'] / r['llama']['flops_per_step']:.2f}x "
+                         f"| {percent(r['llama']['fraction_of_matmul_peak'])} "
+                         f"| {r['hope_over_llama_tokens_per_s_at_peak']:.2f}x "
+                         f"| {r['hope_over_llama_tokens_per_s']:.3f}x | "
+                         + (f"{r['hope_compiled_over_llama_tokens_per_s']:.3f}x |"
+                            if "hope_compiled_over_llama_tokens_per_s" in r else "- |"))
     t = results["targets"]
     lines.append(f"\nMeasured dense-matmul peak: {peak['flops_per_s'] / 1e9:,.1f} GFLOP/s ({peak['dtype']}, "
                  f"{peak['n']}x{peak['n']}). Targets: Hope / Llama >= {t['hope_over_llama_tokens_per_s_at_2048']} at "
@@ -536,7 +559,7 @@ def run(presets=("tiny", "small"), lengths=(512, 2048, 8192), ref_len=1024, iter
     in the same run, in the dtype the models compute in (float32, or `autocast_dtype`). aten calls per token
     (`aten_calls`) are counted at lengths <= `aten_max_len` (the profiler keeps every event in memory). On CPU,
     `train_memory` (saved activations and peak RSS, in a fresh process) per case. `contention`: every case runs next to
-    one busy background process (`busy_process`). `compiled`: Hope is also measured with compiled memories
+    one busy background process (`busy_process`). `compiled`: Hope is also measured with compiled blocks
     (`compiled_throughput`)."""
     bench = Run()
     peak = matmul_peak_flops(device, autocast_dtype or torch.float32)
@@ -594,6 +617,8 @@ def run(presets=("tiny", "small"), lengths=(512, 2048, 8192), ref_len=1024, iter
                     c["fraction_of_matmul_peak"] = c["achieved_flops_per_s"] / peak["flops_per_s"]
                     row["hope_compiled"] = c
                 row["param_ratio_llama_over_hope"] = row["llama"]["params"] / row["hope_ckpt"]["params"]
+                if "flops_per_step" in row.get("hope", {}):
+                    row["hope_over_llama_tokens_per_s_at_peak"] = at_peak_ratio(row, peak)
                 for key in (k for k in ("hope", "hope_ckpt", "hope_compiled") if k in row):
                     row[f"{key}_over_llama_tokens_per_s"] = row[key]["tokens_per_s"] / row["llama"]["tokens_per_s"]
                     if row[key].get("saved_activations_bytes") and row["llama"].get("saved_activations_bytes"):
@@ -609,7 +634,7 @@ def run(presets=("tiny", "small"), lengths=(512, 2048, 8192), ref_len=1024, iter
                             "per_case_budget_s": budget_s, "device": str(device),
                             "dtype": "float32" if autocast_dtype is None else f"autocast {autocast_dtype}",
                             "warmup": "one untimed fwd+bwd per model and length, under FlopCounterMode",
-                            "background_process": background,
+                            "background_process": background, "compiled": "compile_blocks",
                             "allocator": {k: os.environ.get(k) for k in ALLOCATOR_ENV},
                             "memory_child_allocator": {k: os.environ.get(k, v) for k, v in ALLOCATOR_ENV.items()}},
                "targets": {"hope_over_llama_tokens_per_s_at_2048": 0.8, "hope_over_llama_tokens_per_s_at_8192": 1.0,
@@ -640,7 +665,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, help="torch threads (default: BENCH_THREADS, else cores - 1)")
     parser.add_argument("--aten-max-len", type=int, default=512,
                         help="count aten calls (torch.profiler) at lengths up to this (0: never; slow on a GPU)")
-    parser.add_argument("--no-compile", action="store_true", help="skip Hope with compiled memories")
+    parser.add_argument("--no-compile", action="store_true", help="skip Hope with compiled blocks")
     parser.add_argument("--contention", action="store_true",
                         help="run every case next to one busy background process (default name speed_contention)")
     args = parser.parse_args(argv)

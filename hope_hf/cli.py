@@ -219,8 +219,8 @@ def train_parser() -> argparse.ArgumentParser:
       help="with --fsdp, the FSDP units: 'model' gathers the whole model once per forward and backward (fastest); "
            "'block' gathers one HopeBlock at a time, for every span (least memory, more communication)")
     a("--compile", action="store_true",
-      help="torch.compile each block's memory for training (regional; the first steps compile, for minutes on a "
-           "CPU; evaluation and sampling stay eager)")
+      help="torch.compile each block (memory and CMS) for training (regional; the first steps compile, for minutes "
+           "on a CPU; evaluation and sampling stay eager)")
     a("--seed", type=int, default=0, help="seed of the model init, data order and BPE")
     a("--use-cpu", "--cpu", dest="cpu", action="store_true", help="train on the CPU even if CUDA is available")
     a("--threads", type=_arg_type(positive_int), metavar="N", default=None,

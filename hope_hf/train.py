@@ -603,8 +603,8 @@ def run(args) -> Path:
         # FSDP2 warns when a unit returns a view (an in-place op on it would skip the pre-backward gather); a block's
         # `init_state` returns views of its initial states and the causal LM its logits, none changed in place
         warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
-    if args.compile:                    # regional: the memories, in place; evaluation and sampling run eagerly
-        accelerator.unwrap_model(model).compile_memories()
+    if args.compile:                    # regional: the blocks, in place; evaluation and sampling run eagerly
+        accelerator.unwrap_model(model).compile_blocks()
     accelerator.register_for_checkpointing(scheduler)  # stepped by us once per optimizer step
 
     step, tokens, elapsed = 0, 0, 0.0

@@ -1,6 +1,6 @@
 """torch.compile: the training forward + backward of a fresh unpadded batch traces as one graph (no break inside the
-span's layer loop); the regionally compiled memories (`compile_memories`, what `hope-hf train --compile` uses) give
-eager's loss and gradients, also with a cache carried between calls (truncated BPTT)."""
+span's layer loop); the regionally compiled blocks (`compile_blocks`, what `hope-hf train --compile` uses) and memories
+(`compile_memories`) give eager's loss and gradients, also with a cache carried between calls (truncated BPTT)."""
 
 import pytest
 import torch
@@ -39,18 +39,24 @@ def _split_training_step(model, ids):
 
 
 @pytest.mark.slow
-def test_compiled_memories_train_like_eager():
+@pytest.mark.parametrize("regions", ["compile_blocks", "compile_memories"])
+def test_compiled_regions_train_like_eager(regions):
+    """With `fail_on_recompile_limit_hit` a region that needs more variants than allowed fails here instead of
+    silently running eagerly (dynamo's fallback)."""
     model, ids = _model_and_batch()
     eager = _split_training_step(model, ids)
     model.zero_grad(set_to_none=True)
     eager_one = model(input_ids=ids, labels=ids, use_cache=False).loss
     eager_one.backward()
     eager_one_grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
-    model.compile_memories()
-    compiled = _split_training_step(model, ids)
-    model.zero_grad(set_to_none=True)
-    compiled_one = model(input_ids=ids, labels=ids, use_cache=False).loss
-    compiled_one.backward()
+    torch._dynamo.reset()
+    getattr(model, regions)()
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+        compiled = _split_training_step(model, ids)
+        model.zero_grad(set_to_none=True)
+        compiled_one = model(input_ids=ids, labels=ids, use_cache=False).loss
+        compiled_one.backward()
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0
     assert abs(compiled_one.item() - eager_one.item()) <= 1e-5
     for a, b in zip(eager_one_grads, [p.grad for p in model.parameters() if p.grad is not None]):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
