@@ -52,6 +52,16 @@ class HopeRMSNorm(nn.Module):
         return rms_norm(x, self.weight, self.eps)
 
 
+def _depthwise(ext, weight, S):
+    """y_t = sum_k weight[:, k] * ext_{t+k} for t < S (F.conv1d with groups=D, as K shifted products: cheaper on
+    short spans, and fused by torch.compile). ext: [B, K-1+S, D]; weight: [D, K]."""
+    weight = weight.to(ext.dtype)                         # (as conv1d under autocast: the activations' dtype)
+    y = ext[:, :S] * weight[:, 0]
+    for k in range(1, weight.shape[-1]):
+        y = y + ext[:, k:k + S] * weight[:, k]
+    return y
+
+
 def causal_conv(x, mask, tail, weight):
     """Depthwise causal conv over each row's real tokens (contiguous in the frame), continuing from `tail`.
 
@@ -61,15 +71,14 @@ def causal_conv(x, mask, tail, weight):
     K = weight.shape[-1]
     if mask is None:
         ext = torch.cat([tail.to(x.dtype), x], 1)
-        y = F.conv1d(ext.transpose(1, 2), weight.unsqueeze(1), groups=D).transpose(1, 2)
-        return y, ext[:, S:]
+        return _depthwise(ext, weight, S), ext[:, S:]
     n = mask.sum(1)
     lo = torch.where(n > 0, mask.int().argmax(1), torch.zeros_like(n))
     cols = torch.arange(S, device=x.device)
     packed = x.gather(1, (lo[:, None] + cols).clamp(max=S - 1)[..., None].expand(B, S, D))
     packed = packed * (cols[None] < n[:, None])[..., None]
     ext = torch.cat([tail.to(x.dtype), packed], 1)                                # [B, K-1+S, D]
-    y = F.conv1d(ext.transpose(1, 2), weight.unsqueeze(1), groups=D).transpose(1, 2)
+    y = _depthwise(ext, weight, S)
     new_tail = ext.gather(1, (n[:, None] + torch.arange(K - 1, device=x.device))[..., None].expand(B, K - 1, D))
     y = y.gather(1, (cols[None] - lo[:, None]).clamp(min=0)[..., None].expand(B, S, D)) * mask[..., None]
     return y, new_tail
