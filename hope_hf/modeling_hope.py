@@ -351,7 +351,7 @@ class HopePreTrainedModel(PreTrainedModel):
         a sequence needs a few variants of them (the first layer's input, the spans before the first CMS gradient sums
         and commits, the spans that commit), more than dynamo's default per-function recompile limit: the blocks run
         with that limit raised to `recompile_limit`. The span loop, teach signals and LM head stay eager. Measured
-        (`benchmarks.speed`): 1.5x eager for `tiny`, where `compile_memories` gives 1.2x."""
+        (`benchmarks.speed`): 1.6-1.8x eager for `tiny`, where `compile_memories` gives 1.3-1.5x."""
         for module in self.modules():
             if isinstance(module, HopeBlock):
                 module.compile(**compile_kwargs)

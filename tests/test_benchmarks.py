@@ -243,3 +243,25 @@ def test_cuda_graph_cases_join_with_their_llama_and_give_the_best_mfu_row(tmp_pa
     assert what == "Hope 340m (chunks 256) @ 2048, one CUDA graph per step"
     assert fraction == pytest.approx(8e12 * 1_900 / 2048 / 500e12)
     assert any("GPU training speed, whole step as one CUDA graph" in line for line in readme.sections(tmp_path))
+
+
+def test_targets_table_judges_the_best_way_to_train_and_says_when_a_target_is_out_of_reach(tmp_path):
+    """A tokens/s target row shows eager and compiled, is met by either, and says "out of reach" when even every
+    Hope FLOP at the matmul peak (`hope_over_llama_tokens_per_s_at_peak`) would not meet it."""
+    import json
+
+    from benchmarks import readme
+
+    def row(preset, eager, compiled, bound):
+        return {"preset": preset, "seq_len_tokens": 2048, "hope": {"fraction_of_matmul_peak": 0.5},
+                "hope_over_llama_tokens_per_s": eager, "hope_compiled_over_llama_tokens_per_s": compiled,
+                "hope_over_llama_tokens_per_s_at_peak": bound}
+
+    speed_json = {"targets": {"hope_over_llama_tokens_per_s_at_2048": 0.8, "fraction_of_matmul_peak": 0.4},
+                  "throughput": [row("small", 0.3, 0.37, 0.61), row("tiny", 0.5, 0.85, 1.2), row("x", 0.5, 0.6, 1.2)]}
+    (tmp_path / "speed.json").write_text(json.dumps(speed_json))
+    lines = readme.targets(tmp_path)
+    assert ("| training tok/s Hope / Llama, small @ 2048 | 0.300x (0.370x compiled) | >= 0.8 | **not met** (out of "
+            "reach: 0.61x with every FLOP at the matmul peak) |") in lines
+    assert "| training tok/s Hope / Llama, tiny @ 2048 | 0.500x (0.850x compiled) | >= 0.8 | met |" in lines
+    assert "| training tok/s Hope / Llama, x @ 2048 | 0.500x (0.600x compiled) | >= 0.8 | **not met** |" in lines
