@@ -165,6 +165,10 @@ def test_speed_benchmark_measures_checkpointed_hope_where_eager_does_not_fit(tmp
     assert "| tiny | 64 |" in text
     assert "(does not fit); measured there: Llama and Hope with activation checkpointing only" in text
     assert any("saved activations Hope (checkpointed) / Llama, tiny @ 64" in line for line in readme.targets(tmp_path))
+    row["seq_len_tokens"], row["hope_ckpt_over_llama_tokens_per_s"] = 8192, 0.25       # as if measured at 8192
+    (tmp_path / "speed.json").write_text(json.dumps(results))
+    assert ("| training tok/s Hope (checkpointed) / Llama, tiny @ 8192 | 0.250x | > 1.0 | **not met** |"
+            in readme.targets(tmp_path))
 
 
 def test_gpu_speed_results_give_the_mfu_row_and_notes(tmp_path):
