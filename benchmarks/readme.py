@@ -90,7 +90,7 @@ def targets(results: Path = RESULTS) -> list[str]:
                 eager, compiled = r["hope_over_llama_tokens_per_s"], r.get("hope_compiled_over_llama_tokens_per_s")
                 best = max(eager, compiled or 0)                       # `--compile` is a way to train, too
                 met = best > goal if strict else best >= goal
-                bound = r.get("hope_over_llama_tokens_per_s_at_peak")    # no implementation of this model passes it
+                bound = r.get("hope_over_llama_tokens_per_s_at_peak")    # nothing doing these FLOPs passes it
                 verdict = "met" if met else "**not met**" + (
                     f" (out of reach: {bound:.2f}x with every FLOP at the matmul peak)"
                     if bound is not None and (bound <= goal if strict else bound < goal) else "")

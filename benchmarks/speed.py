@@ -399,8 +399,8 @@ def busy_process(on: bool = True):
 
 
 def at_peak_ratio(row: dict, peak: dict) -> float:
-    """Hope / Llama tokens/s if every Hope FLOP ran at the measured matmul peak, against Llama as measured: the most
-    any implementation of this model could reach on this machine (no FLOP is free)."""
+    """Hope / Llama tokens/s if every Hope FLOP ran at the measured matmul peak, against Llama as measured: the most an
+    implementation doing these FLOPs could reach on this machine."""
     return row["llama"]["median_s"] / (row["hope"]["flops_per_step"] / peak["flops_per_s"])
 
 
@@ -506,7 +506,7 @@ def markdown(results: dict) -> str:
     if bounds:
         lines += ["\nWhat the FLOPs allow: Hope / Llama tokens/s if every Hope FLOP ran at the measured matmul peak "
                   "and Llama as measured (`hope_over_llama_tokens_per_s_at_peak`); a target above it is out of reach "
-                  "for this model on this machine, whatever the implementation:\n",
+                  "on this machine for any implementation that does these FLOPs:\n",
                   "| preset | tokens | Hope / Llama FLOPs per step | Llama % of peak | Hope / Llama at Hope's peak "
                   "| measured eager | measured compiled |", "|---|---|---|---|---|---|---|"]
         for r in bounds:

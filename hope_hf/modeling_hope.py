@@ -348,8 +348,8 @@ class HopePreTrainedModel(PreTrainedModel):
     def compile_blocks(self, recompile_limit: int = 64, **compile_kwargs):
         """Regional compilation: `torch.compile` every block in place (its memory, CMS levels and their in-context
         gradient sums and commits: the whole repeated region) and return the model. The blocks share their graphs, and
-        a sequence needs a few variants of them (the first layer's input, the spans before the first CMS gradient sums
-        and commits, the spans that commit), more than dynamo's default per-function recompile limit: the blocks run
+        a sequence needs a few variants of them (the spans before the first CMS gradient sums and commits, the spans
+        that commit, a carried state), more than dynamo's default per-function recompile limit: the blocks run
         with that limit raised to `recompile_limit`. The span loop, teach signals and LM head stay eager. Measured
         (`benchmarks.speed`): 1.6-1.8x eager for `tiny`, where `compile_memories` gives 1.3-1.5x."""
         for module in self.modules():
