@@ -355,8 +355,7 @@ class HopePreTrainedModel(PreTrainedModel):
         for module in self.modules():
             if isinstance(module, HopeBlock):
                 module.compile(**compile_kwargs)
-        for module in self.modules():
-            if isinstance(module, HopeModel):
+            elif isinstance(module, HopeModel):
                 module.block_recompile_limit = recompile_limit
         return self
 

@@ -49,7 +49,7 @@ def test_speed_benchmark_smallest_case(tmp_path):
     assert c["first_call_s"] > 0 and c["tokens_per_s"] == 64 / c["median_s"]
     assert row["hope_compiled_over_llama_tokens_per_s"] == c["tokens_per_s"] / row["llama"]["tokens_per_s"]
     assert "Hope with compiled blocks (`compile_blocks`" in speed.markdown(results)
-    # the bound no implementation can pass: Llama's measured step time over Hope's FLOPs at the matmul peak
+    # the bound no implementation doing these FLOPs can pass: Llama's step time over Hope's FLOPs at the matmul peak
     bound = row["llama"]["median_s"] * data["matmul_peak"]["flops_per_s"] / row["hope"]["flops_per_step"]
     assert row["hope_over_llama_tokens_per_s_at_peak"] == pytest.approx(bound, rel=1e-12)
     assert "What the FLOPs allow" in speed.markdown(results)

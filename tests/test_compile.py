@@ -50,6 +50,7 @@ def test_compiled_regions_train_like_eager(regions):
     eager_one.backward()
     eager_one_grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
     torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()          # (reset keeps them: graphs of earlier tests must not count here)
     getattr(model, regions)()
     with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
         compiled = _split_training_step(model, ids)
