@@ -315,9 +315,12 @@ CACHE_FIELD = "cache" if "cache" in {f.name for f in fields(CausalLMOutputWithPa
 class HopeModelOutput(BaseModelOutputWithPast):
     """Base-model output in the `BaseModelOutputWithPast` order; the cache field is `past_key_values` (transformers
     5.23) or `cache` (>= 5.24), as in the parent class. `attentions` is always None (Hope has no attention).
-    `logits` is filled only for `HopeForCausalLM` (the LM head runs inside the span loop for the CMS teach signals)."""
+    `logits` is filled only for `HopeForCausalLM` (the LM head runs inside the span loop for the CMS teach signals);
+    `logits_mix` = W_out^T softmax(logits) per position (float32) only for its training loss (`LinearCrossEntropy`):
+    with `logits_grad=False` on a fresh unpadded batch, where the teach signals computed it for every position."""
 
     logits: torch.FloatTensor | None = None
+    logits_mix: torch.FloatTensor | None = None
 
 
 class HopePreTrainedModel(PreTrainedModel):
@@ -417,61 +420,78 @@ def memory_gate_biases(config):
     return eta_b, torch.log((1 - forget) / forget).float()
 
 
-def teach_signal(h, norm_weight, eps, W_out, target_rows, logits=None):
+def teach_signal(h, norm_weight, eps, W_out, target_rows, logits=None, with_mix=False):
     """u_t = d CE(logits_t, y_{t+1}) / d h_t in closed form through the final RMSNorm and the LM head (detached).
 
     With g = W_out^T (softmax(logits) - onehot(y)) = W_out^T p - W_out[y] and n = w * h * r, r = rms(h)^-1:
-    u = r (w * g) - (r^3 / D) h sum(w * g * h)."""
+    u = r (w * g) - (r^3 / D) h sum(w * g * h). `with_mix`: also returns the mix W_out^T p (float32 or wider),
+    which the training loss reuses for its input gradient (`LinearCrossEntropy`)."""
     with torch.no_grad():
         dt = torch.promote_types(h.dtype, torch.float32)
         h, w, W = h.detach().to(dt), norm_weight.detach().to(dt), W_out.detach().to(dt)
         if logits is None:
             logits = rms_norm(h, w, eps) @ W.t()
-        g = torch.softmax(logits.detach().to(dt), -1) @ W - target_rows.detach().to(dt)
+        mix = torch.softmax(logits.detach().to(dt), -1) @ W
+        g = mix - target_rows.detach().to(dt)
         r = torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
         wg = w * g
-        return (r * wg - (r.pow(3) / h.shape[-1]) * h * (wg * h).sum(-1, keepdim=True)).to(target_rows.dtype)
+        u = (r * wg - (r.pow(3) / h.shape[-1]) * h * (wg * h).sum(-1, keepdim=True)).to(target_rows.dtype)
+        return (u, mix) if with_mix else u
 
 
 class LinearCrossEntropy(torch.autograd.Function):
-    """Summed cross-entropy of the logits h W^T against `targets` (rows equal to `ignore_index` count nothing) that
-    keeps no [tokens, vocab] tensor for backward: the forward reads the logits it is given (already computed for
-    the teach signals, detached), the backward recomputes them `chunk` rows at a time from h and W."""
+    """Summed cross-entropy of the logits h W^T against `targets` (rows equal to `ignore_index` count nothing) from
+    the logits already computed for the teach signals (detached). Backward, with d = softmax - onehot(y): dW = d^T h
+    (a vocabulary-sized product) and dh = d W (another), or mix - W[y] when the teach signals' mix = W^T softmax is
+    given ([N, D]: the product is already done). `keep`: the logits are kept for backward (as cross_entropy keeps its
+    log-softmax); else none is, and backward recomputes them `chunk` rows at a time from h and W (one product more;
+    for activation checkpointing)."""
 
     @staticmethod
-    def forward(ctx, h, W, targets, logits, ignore_index=-100, chunk=1024):
-        logits = logits.detach().float()
-        lse = torch.logsumexp(logits, -1)
+    def forward(ctx, h, W, targets, logits, mix=None, keep=True, ignore_index=-100, chunk=1024):
+        logits = logits.detach()
+        lse = torch.logsumexp(logits.float(), -1)
         valid = targets != ignore_index
-        picked = logits.gather(-1, targets.clamp(min=0)[:, None])[:, 0]
-        ctx.save_for_backward(h, W, targets, lse)
+        picked = logits.gather(-1, targets.clamp(min=0)[:, None])[:, 0].float()
+        ctx.save_for_backward(h, W, targets, lse, logits if keep else None, mix)
         ctx.ignore_index, ctx.chunk = ignore_index, chunk
         return torch.where(valid, lse - picked, 0).sum()
 
     @staticmethod
     def backward(ctx, grad):
-        h, W, targets, lse = ctx.saved_tensors
-        dh, dW = torch.empty_like(h), torch.zeros(W.shape, dtype=torch.float32, device=W.device)
+        h, W, targets, lse, logits, mix = ctx.saved_tensors
+        scale = grad * (targets != ctx.ignore_index)
+        y = targets.clamp(min=0)
+        if mix is None:
+            dh = torch.empty_like(h)
+        else:
+            dh = ((mix - W[y].to(mix.dtype)) * scale[:, None]).to(h.dtype)
+        dW = torch.zeros(W.shape, dtype=torch.float32, device=W.device)
         Wc, Wf = W.to(h.dtype), W.float()                      # (no copies when h and W are float32)
         for i in range(0, h.shape[0], ctx.chunk):
-            hi, ti = h[i:i + ctx.chunk], targets[i:i + ctx.chunk]
-            d = torch.exp((hi @ Wc.t()).float() - lse[i:i + ctx.chunk, None])          # softmax
-            d.scatter_add_(1, ti.clamp(min=0)[:, None], torch.full_like(d[:, :1], -1.0))  # - onehot(y)
-            d = d * (grad * (ti != ctx.ignore_index))[:, None]
-            dh[i:i + ctx.chunk] = (d @ Wf).to(h.dtype)
+            rows = slice(i, i + ctx.chunk)
+            hi = h[rows]
+            z = logits[rows] if logits is not None else hi @ Wc.t()
+            d = torch.sub(z.float(), lse[rows, None]).exp_()      # softmax (in place: one [rows, vocab] tensor)
+            d.scatter_add_(1, y[rows, None], torch.full_like(d[:, :1], -1.0))       # - onehot(y)
+            d.mul_(scale[rows, None])
+            if mix is None:
+                dh[rows] = (d @ Wf).to(h.dtype)
             dW += d.t() @ hi.float()
-        return dh, dW.to(W.dtype), None, None, None, None
+        return dh, dW.to(W.dtype), None, None, None, None, None, None
 
 
 def causal_lm_loss(hidden, W, logits, labels, shift_labels=None, num_items_in_batch=None, ignore_index=-100,
-                   **kwargs):
+                   mix=None, keep=True, **kwargs):
     """transformers' ForCausalLMLoss (shifted labels, `ignore_index`, mean or sum / `num_items_in_batch`) through
-    `LinearCrossEntropy`: `hidden` [B, T, D] (normed, on the graph), `logits` its detached logits."""
+    `LinearCrossEntropy`: `hidden` [B, T, D] (normed, on the graph), `logits` its detached logits, `mix` [B, T, D]
+    their W^T softmax or None, `keep` whether backward keeps the logits or recomputes them."""
     if shift_labels is None:
         shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
     D, V = hidden.shape[-1], logits.shape[-1]
     targets = shift_labels.reshape(-1).to(hidden.device)
-    total = LinearCrossEntropy.apply(hidden.reshape(-1, D), W, targets, logits.reshape(-1, V), ignore_index)
+    total = LinearCrossEntropy.apply(hidden.reshape(-1, D), W, targets, logits.reshape(-1, V),
+                                     None if mix is None else mix.reshape(-1, D), keep, ignore_index)
     if num_items_in_batch is None:
         return total / (targets != ignore_index).sum()
     return total / (num_items_in_batch.to(total.device) if torch.is_tensor(num_items_in_batch) else
@@ -600,7 +620,8 @@ class HopeModel(HopePreTrainedModel):
         the normed last layer (= `last_hidden_state`), all on the path to the outputs (a layer-major replay, see
         below; it costs one more forward pass without a graph). `output_attentions` is accepted; `attentions` is
         always None (Hope has no attention). `cache` is transformers >= 5.24's name for `past_key_values`.
-        `logits_grad=False`: the returned logits are computed off the graph (for a loss that recomputes them)."""
+        `logits_grad=False`: the returned logits are computed off the graph (for the training loss of the causal LM,
+        which also reads `logits_mix`)."""
         past_key_values = cache if past_key_values is None else past_key_values
         c = self.config
         output_hidden_states = output_hidden_states if output_hidden_states is not None else c.output_hidden_states
@@ -700,10 +721,10 @@ class HopeModel(HopePreTrainedModel):
 
         def run_spans(group, spec, *leaves):
             """The span loop over `group`, pure in its flattened state `leaves`/`spec` = (mstate, lstates, due), so
-            that a group of spans can be checkpointed whole. Returns (hidden per span, logits per span, state spec,
-            *state leaves). `due`: (level inputs per layer, u) of the last span, learnt in the next one."""
+            that a group of spans can be checkpointed whole. Returns (hidden per span, logits per span, the teach
+            signals' logit mixes in order, state spec, *state leaves). `due`: (level inputs per layer, u) of the last span, learnt in the next one."""
             mstate, lstates, due = tree_unflatten(list(leaves), spec)
-            hs, lgs = [], []
+            hs, lgs, mixes = [], [], []
             for f0, f1 in group:
                 m = fmask[:, f0:f1]
                 has = m.any(1)
@@ -712,9 +733,11 @@ class HopeModel(HopePreTrainedModel):
                     first = m.int().argmax(1)
                     res = mstate["pend_valid"] & has
                     if f0 > 0 if static else bool(res.any()):            # the pending position gets its next token
-                        u_pend = teach_signal(
+                        u_pend, mix = teach_signal(
                             mstate["h_pend"], self.norm.weight, c.rms_norm_eps, W_out,
-                            tgt[:, f0:f1].gather(1, first[:, None, None].expand(B, 1, c.hidden_size))[:, 0])
+                            tgt[:, f0:f1].gather(1, first[:, None, None].expand(B, 1, c.hidden_size))[:, 0],
+                            with_mix=True)
+                        mixes.append(mix[:, None])                  # (static: the previous span's last position)
                         u_pend = u_pend * (res & tmask[:, f0:f1].gather(1, first[:, None])[:, 0])[:, None]
                         mstate["pend_valid"] = mstate["pend_valid"] & ~res
                 h = frame[:, f0:f1].contiguous()  # (laid out like the later layers' inputs: one compiled variant)
@@ -732,8 +755,10 @@ class HopeModel(HopePreTrainedModel):
                         lgs.append(logits)
                 if has_cms and write:
                     both = m[:, :-1] & tmask[:, f0 + 1:f1]
-                    u = teach_signal(h[:, :-1], self.norm.weight, c.rms_norm_eps, W_out, tgt[:, f0 + 1:f1],
-                                     logits[:, :-1]) * both[..., None]
+                    u, mix = teach_signal(h[:, :-1], self.norm.weight, c.rms_norm_eps, W_out, tgt[:, f0 + 1:f1],
+                                          logits[:, :-1], with_mix=True)
+                    u = u * both[..., None]
+                    mixes.append(mix)
                     u = F.pad(u, (0, 0, 0, 1))
                     due = (level_inputs, u)
                     if replay:                               # (replay runs without a graph: never checkpointed)
@@ -742,7 +767,7 @@ class HopeModel(HopePreTrainedModel):
                     mstate["pend_valid"] = mstate["pend_valid"] | has
                     self._set_pending(lstates, level_inputs, m)
             leaves, spec = tree_flatten((mstate, lstates, due))
-            return hs, lgs, spec, *leaves
+            return hs, lgs, mixes, spec, *leaves
 
         with torch.set_grad_enabled(torch.is_grad_enabled() and not replay):
             todo = spans if has_cms and write or not replay else []
@@ -752,14 +777,15 @@ class HopeModel(HopePreTrainedModel):
             grouped = (self.checkpoint_span_groups and self.training and torch.is_grad_enabled() and len(todo) >= 4
                        and any(layer.gradient_checkpointing for layer in self.layers))
             size = math.isqrt(len(todo) - 1) + 1 if grouped else max(len(todo), 1)
-            spans_h, spans_logits = [], []
+            spans_h, spans_logits, mixes = [], [], []
             leaves, spec = tree_flatten((mstate, lstates, None))
             for g in range(0, len(todo), size):
                 run = partial(run_spans, todo[g:g + size])
-                hs, lgs, spec, *leaves = (checkpoint(run, spec, *leaves, use_reentrant=False) if grouped
-                                          else run(spec, *leaves))
+                hs, lgs, mx, spec, *leaves = (checkpoint(run, spec, *leaves, use_reentrant=False) if grouped
+                                              else run(spec, *leaves))
                 spans_h += hs
                 spans_logits += lgs
+                mixes += mx
             mstate, lstates, due = tree_unflatten(leaves, spec)
             if due is not None and cache is not None and not replay:       # the state outlives the call
                 for i, layer in enumerate(self.layers):
@@ -787,6 +813,11 @@ class HopeModel(HopePreTrainedModel):
         else:
             hidden = gather_back(spans_h)
         logits = gather_back(spans_logits) if want_logits else None
+        logits_mix = None
+        if static and not logits_grad and want_logits and has_cms and write and not replay:
+            with torch.no_grad():   # the teach signals' mixes cover every position but the last: its mix is new
+                last = torch.softmax(logits[:, -1:].float(), -1) @ W_out.detach().float()
+                logits_mix = torch.cat([*mixes, last], 1)
         hidden = self.norm(hidden)
         if output_hidden_states:
             all_hidden = (*all_hidden[:-1], hidden)
@@ -801,7 +832,7 @@ class HopeModel(HopePreTrainedModel):
             if cache.config_signature is None:
                 cache.config_signature = signature(c)
         return HopeModelOutput(last_hidden_state=hidden, hidden_states=all_hidden, logits=logits,
-                               **{CACHE_FIELD: cache})
+                               logits_mix=logits_mix, **{CACHE_FIELD: cache})
 
     def _run_layer(self, layer, h, m, state, offset, reference, write, teach=None, commit=None, active=(),
                    static_count=None):
@@ -918,9 +949,10 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
     def forward(self, input_ids=None, attention_mask=None, past_key_values=None, inputs_embeds=None, labels=None,
                 use_cache=None, output_hidden_states=None, logits_to_keep=0, output_attentions=None, cache=None,
                 **kwargs):
-        """With `labels` in training mode the loss goes through `LinearCrossEntropy` (no [tokens, vocab] tensor is kept
-        for backward) and the returned logits are detached; otherwise, or when `loss_function` was replaced (a
-        `config.loss_type` or an assigned function), transformers' `loss_function` on the logits."""
+        """With `labels` in training mode the loss goes through `LinearCrossEntropy` (from the logits and mixes the
+        teach signals computed; with activation checkpointing it keeps no [tokens, vocab] tensor for backward) and the
+        returned logits are detached; otherwise, or when `loss_function` was replaced (a `config.loss_type` or an
+        assigned function), transformers' `loss_function` on the logits."""
         past_key_values = cache if past_key_values is None else past_key_values   # transformers >= 5.24: `cache`
         lean = (labels is not None and self.training and torch.is_grad_enabled()
                 and self.loss_function is ForCausalLMLoss)
@@ -935,7 +967,9 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
             if logits is None:
                 with torch.no_grad():
                     logits = self.lm_head(out.last_hidden_state)
-            loss = causal_lm_loss(out.last_hidden_state, self.lm_head.weight, logits, labels, **kwargs)
+            checkpointed = any(layer.gradient_checkpointing for layer in self.model.layers)
+            loss = causal_lm_loss(out.last_hidden_state, self.lm_head.weight, logits, labels, mix=out.logits_mix,
+                                  keep=not checkpointed, **kwargs)
             logits = logits[:, keep]
         else:
             logits = out.logits[:, keep] if out.logits is not None else self.lm_head(out.last_hidden_state[:, keep])

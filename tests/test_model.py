@@ -370,15 +370,23 @@ def test_activation_checkpointing_gives_the_same_gradients(T, padded):
 
 
 @pytest.mark.parametrize("tie", [True, False])
-def test_training_loss_keeps_no_logits_and_equals_the_standard_loss(tie):
-    """In training mode the loss goes through LinearCrossEntropy (logits recomputed in backward, none kept); it must
-    equal transformers' ForCausalLMLoss on the logits, value and gradients, with padding, ignored labels,
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("checkpointed", [False, True])
+def test_training_loss_equals_the_standard_loss(tie, padded, checkpointed):
+    """In training mode the loss goes through LinearCrossEntropy (the logits kept for backward, or recomputed there
+    with activation checkpointing; on an unpadded fresh batch the input gradient from the teach signals' mixes); it
+    must equal transformers' ForCausalLMLoss on the logits, value and gradients, with ignored labels,
     num_items_in_batch and shift_labels."""
     model = make_model(cms_chunk_sizes=[16, 32], tie_word_embeddings=tie)
+    if checkpointed:
+        model.activation_checkpointing_enable()
     x = ids(2, 40)
-    mask = torch.ones_like(x)
-    mask[1, :5] = 0
-    labels = x.masked_fill(mask == 0, -100)
+    mask = None
+    labels = x.clone()
+    if padded:
+        mask = torch.ones_like(x)
+        mask[1, :5] = 0
+        labels = x.masked_fill(mask == 0, -100)
     labels[0, 10:14] = -100
     shifted = torch.roll(x, -2, 1)
     for kw in (dict(labels=labels), dict(labels=labels, num_items_in_batch=torch.tensor(50)),
@@ -395,6 +403,19 @@ def test_training_loss_keeps_no_logits_and_equals_the_standard_loss(tie):
         torch.testing.assert_close(losses[0], losses[1], rtol=1e-6, atol=0)
         for a, b in zip(*grads):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_logits_mix_is_the_softmax_mix_of_every_position():
+    """The training loss's input gradient reads `logits_mix` (W^T softmax(logits), gathered from the teach signals of
+    the span loop, the last position added): it must be that mix at every position, in order; it is absent where
+    the span loop does not compute it for every position (padding)."""
+    model = make_model(cms_chunk_sizes=[16, 32]).train()
+    x = ids(2, 40)
+    W = model.lm_head.weight
+    out = model.model(input_ids=x, lm_head_weight=W, logits_grad=False)
+    torch.testing.assert_close(out.logits_mix, torch.softmax(out.logits, -1) @ W.detach(), rtol=1e-5, atol=1e-6)
+    padded = model.model(input_ids=x, attention_mask=torch.ones_like(x), lm_head_weight=W, logits_grad=False)
+    assert padded.logits_mix is None
 
 
 def test_a_replaced_loss_function_is_used_in_training():
