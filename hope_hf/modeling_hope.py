@@ -722,7 +722,8 @@ class HopeModel(HopePreTrainedModel):
         def run_spans(group, spec, *leaves):
             """The span loop over `group`, pure in its flattened state `leaves`/`spec` = (mstate, lstates, due), so
             that a group of spans can be checkpointed whole. Returns (hidden per span, logits per span, the teach
-            signals' logit mixes in order, state spec, *state leaves). `due`: (level inputs per layer, u) of the last span, learnt in the next one."""
+            signals' logit mixes in order, state spec, *state leaves). `due`: (level inputs per layer, u) of the last
+            span, learnt in the next one."""
             mstate, lstates, due = tree_unflatten(list(leaves), spec)
             hs, lgs, mixes = [], [], []
             for f0, f1 in group:

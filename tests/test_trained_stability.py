@@ -31,6 +31,15 @@ from benchmarks import common, recall
 SEQ_LEN = 256
 
 
+def learned(r, drop=2.0, last=50):
+    """Training did not diverge and lowered the loss by `drop`: the mean loss of the last `last` steps against the
+    first step's. One step's loss is a noisy judge: on the recall recipe it varies by 0.25 (sd) from step to step, and
+    two trainings that differ only in float rounding ended at 2.12 and 2.20 (first 4.16) with last-50 means of 1.99
+    and 2.03."""
+    losses = r["train_loss"]
+    return not r["diverged"] and sum(losses[-last:]) / len(losses[-last:]) < losses[0] - drop
+
+
 @pytest.fixture(scope="module")
 def docs_trained():
     """`tiny` trained on the docs corpus with lm_quality's recipe (150 steps of 4 x 256 tokens)."""
@@ -40,7 +49,7 @@ def docs_trained():
     train, _ = common.split_blocks(common.to_blocks(docs, tok, SEQ_LEN), 8, 0)
     model = common.build("hope", common.hope_config("tiny", tok), 0, SEQ_LEN)
     r = common.train_lm(model, train, 150, batch_size=4, lr=3e-3, seed=0)
-    assert not r["diverged"] and r["train_loss"][-1] < r["train_loss"][0] - 2     # it did learn
+    assert learned(r)
     ids = torch.cat([train[i] for i in range(16)]).view(1, -1)              # 4096 tokens of real text
     return model.eval(), ids, SEQ_LEN
 
@@ -51,7 +60,7 @@ def recall_trained():
     layers written for 360), and one 4,096-token recall sequence with 8 pairs and 8 queries."""
     s = recall.settings(False, {"steps": 600, "query_warmup": 240, "first_layer_warmup": 360})
     model, r = recall.train_model("hope", recall.hope_config(s), s, 0, *recall.training_data(s, 0), 4 * s["seq_len"])
-    assert not r["diverged"] and r["train_loss"][-1] < r["train_loss"][0] - 2
+    assert learned(r)
     assert model.config.memory_writes_first_layer is False                      # the warm-up ended
     x, _ = recall.make_batch(1, 4096, 8, 8, torch.Generator().manual_seed(11))
     return model.eval(), x, s["seq_len"]
