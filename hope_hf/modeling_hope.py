@@ -669,8 +669,10 @@ class HopeModel(HopePreTrainedModel):
             lstates = [layer.init_state(B, device, dtype) for layer in self.layers]
         lstates = [{**s, "cms": [dict(lv) for lv in s["cms"]]} for s in lstates]
         # static: every sample starts at token 0 with T real tokens, so the frame and the cadence are known without
-        # reading tensor values (what torch.export needs); otherwise they are read from the counts and the mask
-        static = fresh and attention_mask is None
+        # reading tensor values (what torch.export needs); otherwise they are read from the counts and the mask. An
+        # all-ones mask (data collators pass one for packed batches) is read once, where reading back breaks nothing.
+        static = fresh and (attention_mask is None or not (torch.compiler.is_exporting() or _reading_back_breaks(mask))
+                            and bool(mask.all()))
         if torch.compiler.is_exporting() and not static:
             raise ValueError("torch.export of HopeModel.forward needs a fresh state and attention_mask=None (no "
                              "past_key_values); run continuations and padded batches eagerly")

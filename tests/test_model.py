@@ -8,7 +8,7 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, DynamicCache
 
 import hope_hf  # noqa: F401  (registers the Auto classes)
-from hope_hf import PRESETS, HopeCache, HopeConfig, HopeForCausalLM, HopeModel
+from hope_hf import PRESETS, HopeCache, HopeConfig, HopeForCausalLM, HopeModel, modeling_hope
 
 
 def small_config(**kw):
@@ -405,17 +405,23 @@ def test_training_loss_equals_the_standard_loss(tie, padded, checkpointed):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
-def test_logits_mix_is_the_softmax_mix_of_every_position():
+def test_logits_mix_is_the_softmax_mix_of_every_position(monkeypatch):
     """The training loss's input gradient reads `logits_mix` (W^T softmax(logits), gathered from the teach signals of
-    the span loop, the last position added): it must be that mix at every position, in order; it is absent where
-    the span loop does not compute it for every position (padding)."""
+    the span loop, the last position added): it must be that mix at every position, in order, also with an all-ones
+    mask (the static path); it is absent where the span loop takes the general path (padding, or a mask whose values
+    cannot be read back)."""
     model = make_model(cms_chunk_sizes=[16, 32]).train()
     x = ids(2, 40)
     W = model.lm_head.weight
-    out = model.model(input_ids=x, lm_head_weight=W, logits_grad=False)
-    torch.testing.assert_close(out.logits_mix, torch.softmax(out.logits, -1) @ W.detach(), rtol=1e-5, atol=1e-6)
-    padded = model.model(input_ids=x, attention_mask=torch.ones_like(x), lm_head_weight=W, logits_grad=False)
-    assert padded.logits_mix is None
+    mask = torch.ones_like(x)
+    for kw in ({}, dict(attention_mask=mask)):
+        out = model.model(input_ids=x, lm_head_weight=W, logits_grad=False, **kw)
+        torch.testing.assert_close(out.logits_mix, torch.softmax(out.logits, -1) @ W.detach(), rtol=1e-5, atol=1e-6)
+    padded = mask.clone()
+    padded[1, :5] = 0
+    assert model.model(input_ids=x, attention_mask=padded, lm_head_weight=W, logits_grad=False).logits_mix is None
+    monkeypatch.setattr(modeling_hope, "_reading_back_breaks", lambda t: True)
+    assert model.model(input_ids=x, attention_mask=mask, lm_head_weight=W, logits_grad=False).logits_mix is None
 
 
 def test_a_replaced_loss_function_is_used_in_training():
