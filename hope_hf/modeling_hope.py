@@ -420,12 +420,12 @@ def memory_gate_biases(config):
     return eta_b, torch.log((1 - forget) / forget).float()
 
 
-def teach_signal(h, norm_weight, eps, W_out, target_rows, logits=None, with_mix=False):
+def teach_signal(h, norm_weight, eps, W_out, target_rows, logits=None):
     """u_t = d CE(logits_t, y_{t+1}) / d h_t in closed form through the final RMSNorm and the LM head (detached).
 
     With g = W_out^T (softmax(logits) - onehot(y)) = W_out^T p - W_out[y] and n = w * h * r, r = rms(h)^-1:
-    u = r (w * g) - (r^3 / D) h sum(w * g * h). `with_mix`: also returns the mix W_out^T p (float32 or wider),
-    which the training loss reuses for its input gradient (`LinearCrossEntropy`)."""
+    u = r (w * g) - (r^3 / D) h sum(w * g * h). Returns (u, W_out^T p): the mix (float32 or wider) is what the
+    training loss reuses for its input gradient (`LinearCrossEntropy`)."""
     with torch.no_grad():
         dt = torch.promote_types(h.dtype, torch.float32)
         h, w, W = h.detach().to(dt), norm_weight.detach().to(dt), W_out.detach().to(dt)
@@ -436,7 +436,7 @@ def teach_signal(h, norm_weight, eps, W_out, target_rows, logits=None, with_mix=
         r = torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
         wg = w * g
         u = (r * wg - (r.pow(3) / h.shape[-1]) * h * (wg * h).sum(-1, keepdim=True)).to(target_rows.dtype)
-        return (u, mix) if with_mix else u
+        return u, mix
 
 
 class LinearCrossEntropy(torch.autograd.Function):
@@ -738,8 +738,7 @@ class HopeModel(HopePreTrainedModel):
                     if f0 > 0 if static else bool(res.any()):            # the pending position gets its next token
                         u_pend, mix = teach_signal(
                             mstate["h_pend"], self.norm.weight, c.rms_norm_eps, W_out,
-                            tgt[:, f0:f1].gather(1, first[:, None, None].expand(B, 1, c.hidden_size))[:, 0],
-                            with_mix=True)
+                            tgt[:, f0:f1].gather(1, first[:, None, None].expand(B, 1, c.hidden_size))[:, 0])
                         mixes.append(mix[:, None])                  # (static: the previous span's last position)
                         u_pend = u_pend * (res & tmask[:, f0:f1].gather(1, first[:, None])[:, 0])[:, None]
                         mstate["pend_valid"] = mstate["pend_valid"] & ~res
@@ -759,7 +758,7 @@ class HopeModel(HopePreTrainedModel):
                 if has_cms and write:
                     both = m[:, :-1] & tmask[:, f0 + 1:f1]
                     u, mix = teach_signal(h[:, :-1], self.norm.weight, c.rms_norm_eps, W_out, tgt[:, f0 + 1:f1],
-                                          logits[:, :-1], with_mix=True)
+                                          logits[:, :-1])
                     u = u * both[..., None]
                     mixes.append(mix)
                     u = F.pad(u, (0, 0, 0, 1))
