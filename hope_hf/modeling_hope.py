@@ -514,8 +514,9 @@ def _recompile_limit(limit):
 
 
 def _reading_back_breaks(t):
-    """Whether reading `t`'s values back to the host would break what is running: a torch.compile trace (a graph
-    break) or a CUDA graph capture (a synchronisation, which capture forbids). The input value checks skip then."""
+    """Whether reading `t`'s values back to the host would break what is running: a torch.compile or torch.export
+    trace (a graph break) or a CUDA graph capture (a synchronisation, which capture forbids). The input value checks
+    skip then, and an all-ones mask is not read (the general path)."""
     return torch.compiler.is_compiling() or (t.is_cuda and torch.cuda.is_current_stream_capturing())
 
 
@@ -561,6 +562,11 @@ class HopeModel(HopePreTrainedModel):
         self.memory_impl = impl
 
     # ---------------------------------------------------------------------------------------------- checks
+    @property
+    def blocks_checkpointed(self):
+        """Whether the blocks run with activation checkpointing (`activation_checkpointing_enable`)."""
+        return any(layer.gradient_checkpointing for layer in self.layers)
+
     def _check_inputs(self, input_ids, inputs_embeds, attention_mask):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
@@ -671,8 +677,7 @@ class HopeModel(HopePreTrainedModel):
         # static: every sample starts at token 0 with T real tokens, so the frame and the cadence are known without
         # reading tensor values (what torch.export needs); otherwise they are read from the counts and the mask. An
         # all-ones mask (data collators pass one for packed batches) is read once, where reading back breaks nothing.
-        static = fresh and (attention_mask is None or not (torch.compiler.is_exporting() or _reading_back_breaks(mask))
-                            and bool(mask.all()))
+        static = fresh and (attention_mask is None or not _reading_back_breaks(mask) and bool(mask.all()))
         if torch.compiler.is_exporting() and not static:
             raise ValueError("torch.export of HopeModel.forward needs a fresh state and attention_mask=None (no "
                              "past_key_values); run continuations and padded batches eagerly")
@@ -777,7 +782,7 @@ class HopeModel(HopePreTrainedModel):
             # checkpoints (nested): the forward keeps each group's input state, not every span's
             # (`checkpoint_span_groups = False`: per-block span checkpoints only; ~1/4 faster, ~4x the saved memory)
             grouped = (self.checkpoint_span_groups and self.training and torch.is_grad_enabled() and len(todo) >= 4
-                       and any(layer.gradient_checkpointing for layer in self.layers))
+                       and self.blocks_checkpointed)
             size = math.isqrt(len(todo) - 1) + 1 if grouped else max(len(todo), 1)
             spans_h, spans_logits, mixes = [], [], []
             leaves, spec = tree_flatten((mstate, lstates, None))
@@ -816,7 +821,7 @@ class HopeModel(HopePreTrainedModel):
             hidden = gather_back(spans_h)
         logits = gather_back(spans_logits) if want_logits else None
         logits_mix = None
-        if static and not logits_grad and want_logits and has_cms and write and not replay:
+        if static and write and want_logits and not logits_grad:       # (want_logits: CMS levels, no replay)
             with torch.no_grad():   # the teach signals' mixes cover every position but the last: its mix is new
                 last = torch.softmax(logits[:, -1:].float(), -1) @ W_out.detach().float()
                 logits_mix = torch.cat([*mixes, last], 1)
@@ -969,9 +974,8 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
             if logits is None:
                 with torch.no_grad():
                     logits = self.lm_head(out.last_hidden_state)
-            checkpointed = any(layer.gradient_checkpointing for layer in self.model.layers)
             loss = causal_lm_loss(out.last_hidden_state, self.lm_head.weight, logits, labels, mix=out.logits_mix,
-                                  keep=not checkpointed, **kwargs)
+                                  keep=not self.model.blocks_checkpointed, **kwargs)
             logits = logits[:, keep]
         else:
             logits = out.logits[:, keep] if out.logits is not None else self.lm_head(out.last_hidden_state[:, keep])
