@@ -725,6 +725,10 @@ class HopeModel(HopePreTrainedModel):
         teach = [] if replay else None
         on_grid = lambda f0: has_cms and write and (o + f0) % c.span_size == 0                    # noqa: E731
         commit_at = lambda f0: (count + (f0 - s), fmask[:, f0]) if on_grid(f0) else None          # noqa: E731
+        # plain: static with every next token known (no soft inputs), so no teach signal or pending position is
+        # masked: the pending positions are each span's last column, and no per-span mask arithmetic is needed
+        plain = static and known is None
+        every = torch.ones(B, dtype=torch.bool, device=device)
 
         def run_spans(group, spec, *leaves):
             """The span loop over `group`, pure in its flattened state `leaves`/`spec` = (mstate, lstates, due), so
@@ -735,9 +739,14 @@ class HopeModel(HopePreTrainedModel):
             hs, lgs, mixes = [], [], []
             for f0, f1 in group:
                 m = fmask[:, f0:f1]
-                has = m.any(1)
+                has = every if plain else m.any(1)
                 u_pend = None
-                if has_cms and write:
+                if has_cms and write and plain:
+                    if f0 > 0:                                       # the previous span's last position
+                        u_pend, mix = teach_signal(mstate["h_pend"], self.norm.weight, c.rms_norm_eps, W_out,
+                                                   tgt[:, f0])
+                        mixes.append(mix[:, None])
+                elif has_cms and write:
                     first = m.int().argmax(1)
                     res = mstate["pend_valid"] & has
                     if f0 > 0 if static else bool(res.any()):            # the pending position gets its next token
@@ -764,15 +773,18 @@ class HopeModel(HopePreTrainedModel):
                     both = m[:, :-1] & tmask[:, f0 + 1:f1]
                     u, mix = teach_signal(h[:, :-1], self.norm.weight, c.rms_norm_eps, W_out, tgt[:, f0 + 1:f1],
                                           logits[:, :-1])
-                    u = u * both[..., None]
+                    u = u if plain else u * both[..., None]
                     mixes.append(mix)
                     u = F.pad(u, (0, 0, 0, 1))
                     due = (level_inputs, u)
                     if replay:                               # (replay runs without a graph: never checkpointed)
                         teach.append((u_pend, u))
-                    mstate["h_pend"] = torch.where(has[:, None], self._pick_last(m, h), mstate["h_pend"])
-                    mstate["pend_valid"] = mstate["pend_valid"] | has
-                    self._set_pending(lstates, level_inputs, m)
+                    if plain:
+                        mstate["h_pend"], mstate["pend_valid"] = h[:, -1], every
+                    else:
+                        mstate["h_pend"] = torch.where(has[:, None], self._pick_last(m, h), mstate["h_pend"])
+                        mstate["pend_valid"] = mstate["pend_valid"] | has
+                    self._set_pending(lstates, level_inputs, None if plain else m)
             leaves, spec = tree_flatten((mstate, lstates, due))
             return hs, lgs, mixes, spec, *leaves
 
@@ -797,6 +809,11 @@ class HopeModel(HopePreTrainedModel):
             if due is not None and cache is not None and not replay:       # the state outlives the call
                 for i, layer in enumerate(self.layers):
                     lstates[i]["cms"] = layer.cms_accumulate(lstates[i]["cms"], due[0][i], due[1], active, reference)
+                if plain:              # the pending rows are views of the last span's tensors: keep only those rows
+                    mstate["h_pend"] = mstate["h_pend"].clone()
+                    for st in lstates:
+                        for lv in st["cms"]:
+                            lv["x_pend"] = lv["x_pend"].clone()
 
         all_hidden = None
         if replay:                                        # layer-major: layer l reads to_frame(hidden_states[l])
@@ -885,11 +902,12 @@ class HopeModel(HopePreTrainedModel):
         return t.gather(1, last[:, None, None].expand(t.shape[0], 1, t.shape[-1]))[:, 0]
 
     def _set_pending(self, lstates, level_inputs, m):
-        """Keep each CMS level's input at the span's last real position (taught when the next token arrives)."""
-        has = m.any(1)[:, None]
+        """Keep each CMS level's input at the span's last real position (taught when the next token arrives); m=None:
+        every position is real (the last column)."""
+        has = None if m is None else m.any(1)[:, None]
         for st, xins in zip(lstates, level_inputs):
             for lv, xin in zip(st["cms"], xins):
-                lv["x_pend"] = torch.where(has, self._pick_last(m, xin), lv["x_pend"])
+                lv["x_pend"] = xin[:, -1] if m is None else torch.where(has, self._pick_last(m, xin), lv["x_pend"])
 
 class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
