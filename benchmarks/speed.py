@@ -337,13 +337,15 @@ def train_throughput(model, seq_len: int, batch_size: int, iters: int, budget_s:
 
 
 def compiled_throughput(build, seq_len: int, batch_size: int, iters: int, budget_s: float, device="cpu",
-                        autocast_dtype=None) -> dict:
+                        autocast_dtype=None, count_aten=False) -> dict:
     """`train_throughput` of `build()` with its blocks compiled (`compile_blocks`, what `hope-hf train --compile`
-    does); the first call, which compiles (or loads torch's compile cache), is timed separately as `first_call_s`."""
+    does); the first call, which compiles (or loads torch's compile cache), is timed separately as `first_call_s`.
+    `count_aten`: also `aten_calls` (the aten operators left outside inductor's generated kernels)."""
     torch._dynamo.reset()    # each case compiles afresh: earlier cases' graphs count towards the recompile limit
     torch.manual_seed(0)
     model = build().to(device).compile_blocks()
-    return train_throughput(model, seq_len, batch_size, iters, budget_s, device, autocast_dtype, flops=False)
+    r = train_throughput(model, seq_len, batch_size, iters, budget_s, device, autocast_dtype, flops=False)
+    return {**r, **(aten_calls(model, seq_len, batch_size, device) if count_aten else {})}
 
 
 def memory_impl_speedup(seq_len: int, iters: int, budget_s: float, limit_s: float = REFERENCE_LIMIT_S) -> dict:
@@ -482,14 +484,15 @@ def markdown(results: dict) -> str:
                   + ("; what `hope-hf train --compile` does" if how == "compile_blocks" else "")
                   + "; the first call compiles, or loads torch's compile cache):\n",
                   "| preset | tokens | Hope compiled tok/s | compiled / eager Hope | compiled / Llama | % of peak "
-                  "| first call s |", "|---|---|---|---|---|---|---|"]
+                  "| aten calls per token | first call s |", "|---|---|---|---|---|---|---|---|"]
         for r in comp:
             c = r["hope_compiled"]
             lines.append(f"| {r['preset']} | {r['seq_len_tokens']} | {c['tokens_per_s']:,.0f} "
                          f"| {c['tokens_per_s'] / r['hope']['tokens_per_s']:.2f}x "
                          f"| {r['hope_compiled_over_llama_tokens_per_s']:.3f}x "
                          f"| {percent(c['fraction_of_matmul_peak'])} "
-                         f"| {c['first_call_s']:.0f} |")
+                         + (f"| {c['aten_calls_per_token']:.1f} " if "aten_calls_per_token" in c else "| - ")
+                         + f"| {c['first_call_s']:.0f} |")
     split = [r for r in results["throughput"] if "forward_flops" in r["hope"] and "forward_flops" in r["llama"]]
     if split:
         lines += ["\nForward FLOPs per token (millions; FlopCounterMode, one training-mode forward): where Hope's go, "
@@ -612,7 +615,7 @@ def run(presets=("tiny", "small"), lengths=(512, 2048, 8192), ref_len=1024, iter
                                 **({"intermediate_size": cfg.intermediate_size} if key == "llama" else {}), **r}
                 if compiled and eager:
                     c = compiled_throughput(builders["hope"], seq_len, batch_size, iters, budget_s, device,
-                                            autocast_dtype)
+                                            autocast_dtype, count_aten=seq_len <= aten_max_len)
                     c["achieved_flops_per_s"] = row["hope"]["flops_per_step"] / c["median_s"]   # eager's FLOPs
                     c["fraction_of_matmul_peak"] = c["achieved_flops_per_s"] / peak["flops_per_s"]
                     row["hope_compiled"] = c
@@ -638,7 +641,7 @@ def run(presets=("tiny", "small"), lengths=(512, 2048, 8192), ref_len=1024, iter
                             "allocator": {k: os.environ.get(k) for k in ALLOCATOR_ENV},
                             "memory_child_allocator": {k: os.environ.get(k, v) for k, v in ALLOCATOR_ENV.items()}},
                "targets": {"hope_over_llama_tokens_per_s_at_2048": 0.8, "hope_over_llama_tokens_per_s_at_8192": 1.0,
-                           "tiny_hope_over_llama_tokens_per_s": 0.5,
+                           "tiny_hope_over_llama_tokens_per_s": 0.5, "tiny_aten_calls_per_token": 20,
                            "fraction_of_matmul_peak": 0.4, "fast_over_reference_speedup_at_1024": 10.0,
                            "hope_over_llama_saved_activations": 1.5, "small_peak_rss_at_8192_bytes": 8 * 2 ** 30},
                "matmul_peak": peak, "throughput": rows, "checkpointed_only": checkpointed_only,

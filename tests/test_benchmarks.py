@@ -47,6 +47,7 @@ def test_speed_benchmark_smallest_case(tmp_path):
     assert "Forward FLOPs per token" in speed.markdown(results)
     c = row["hope_compiled"]                                  # regional compile (`hope-hf train --compile`)
     assert c["first_call_s"] > 0 and c["tokens_per_s"] == 64 / c["median_s"]
+    assert 0 < c["aten_calls_per_token"] < row["hope"]["aten_calls_per_token"]   # inductor's kernels fuse the rest
     assert row["hope_compiled_over_llama_tokens_per_s"] == c["tokens_per_s"] / row["llama"]["tokens_per_s"]
     assert "Hope with compiled blocks (`compile_blocks`" in speed.markdown(results)
     # the bound no implementation doing these FLOPs can pass: Llama's step time over Hope's FLOPs at the matmul peak
@@ -269,3 +270,26 @@ def test_targets_table_judges_the_best_way_to_train_and_says_when_a_target_is_ou
             "reach: 0.61x with every FLOP at the matmul peak) |") in lines
     assert "| training tok/s Hope / Llama, tiny @ 2048 | 0.500x (0.850x compiled) | >= 0.8 | met |" in lines
     assert "| training tok/s Hope / Llama, x @ 2048 | 0.500x (0.600x compiled) | >= 0.8 | **not met** |" in lines
+
+
+def test_targets_table_judges_aten_calls_of_eager_or_compiled_tiny(tmp_path):
+    """The aten-calls target (tiny, <= 20 per token) shows eager and compiled and is met by either."""
+    import json
+
+    from benchmarks import readme
+
+    def row(T, eager, compiled):
+        return {"preset": "tiny", "seq_len_tokens": T, "hope": {"fraction_of_matmul_peak": 0.5,
+                                                                "aten_calls_per_token": eager},
+                "hope_over_llama_tokens_per_s": 0.5, **({"hope_compiled": {"aten_calls_per_token": compiled}}
+                                                        if compiled is not None else {})}
+
+    speed_json = {"targets": {"tiny_aten_calls_per_token": 20, "fraction_of_matmul_peak": 0.4,
+                              "hope_over_llama_tokens_per_s_at_2048": 0.8},
+                  "throughput": [row(512, 113.2, 17.94), row(2048, 113.0, 21.0), row(64, 19.0, None)]}
+    (tmp_path / "speed.json").write_text(json.dumps(speed_json))
+    lines = readme.targets(tmp_path)
+    assert "| aten calls per token of a training step, Hope tiny @ 512 | 113 (17.9 compiled) | <= 20 | met |" in lines
+    assert ("| aten calls per token of a training step, Hope tiny @ 2048 | 113 (21.0 compiled) | <= 20 | **not met** |"
+            in lines)
+    assert "| aten calls per token of a training step, Hope tiny @ 64 | 19 | <= 20 | met |" in lines
