@@ -728,7 +728,6 @@ class HopeModel(HopePreTrainedModel):
         # plain: static with every next token known (no soft inputs), so no teach signal or pending position is
         # masked: the pending positions are each span's last column, and no per-span mask arithmetic is needed
         plain = static and known is None
-        every = torch.ones(B, dtype=torch.bool, device=device)
 
         def run_spans(group, spec, *leaves):
             """The span loop over `group`, pure in its flattened state `leaves`/`spec` = (mstate, lstates, due), so
@@ -739,7 +738,7 @@ class HopeModel(HopePreTrainedModel):
             hs, lgs, mixes = [], [], []
             for f0, f1 in group:
                 m = fmask[:, f0:f1]
-                has = every if plain else m.any(1)
+                has = None if plain else m.any(1)
                 u_pend = None
                 if has_cms and write and plain:
                     if f0 > 0:                                       # the previous span's last position
@@ -779,8 +778,8 @@ class HopeModel(HopePreTrainedModel):
                     due = (level_inputs, u)
                     if replay:                               # (replay runs without a graph: never checkpointed)
                         teach.append((u_pend, u))
-                    if plain:
-                        mstate["h_pend"], mstate["pend_valid"] = h[:, -1], every
+                    if plain:                                # (pend_valid is not read: set at the end)
+                        mstate["h_pend"] = h[:, -1]
                     else:
                         mstate["h_pend"] = torch.where(has[:, None], self._pick_last(m, h), mstate["h_pend"])
                         mstate["pend_valid"] = mstate["pend_valid"] | has
@@ -809,11 +808,12 @@ class HopeModel(HopePreTrainedModel):
             if due is not None and cache is not None and not replay:       # the state outlives the call
                 for i, layer in enumerate(self.layers):
                     lstates[i]["cms"] = layer.cms_accumulate(lstates[i]["cms"], due[0][i], due[1], active, reference)
-                if plain:              # the pending rows are views of the last span's tensors: keep only those rows
-                    mstate["h_pend"] = mstate["h_pend"].clone()
-                    for st in lstates:
-                        for lv in st["cms"]:
-                            lv["x_pend"] = lv["x_pend"].clone()
+            if plain and has_cms and write and cache is not None:
+                # every sample has a pending position; they are views of the last span's tensors: keep only those rows
+                mstate["h_pend"], mstate["pend_valid"] = mstate["h_pend"].clone(), torch.ones_like(mstate["pend_valid"])
+                for st in lstates:
+                    for lv in st["cms"]:
+                        lv["x_pend"] = lv["x_pend"].clone()
 
         all_hidden = None
         if replay:                                        # layer-major: layer l reads to_frame(hidden_states[l])

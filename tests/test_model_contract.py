@@ -244,12 +244,13 @@ def test_forward_exports_for_a_fixed_shape():
         torch.export.export(model, (x,), {"attention_mask": torch.ones_like(x), "use_cache": False}, strict=False)
 
 
-def test_static_path_equals_the_general_path(monkeypatch):
+@pytest.mark.parametrize("T", [11, 12])               # the last span has one position / more than one
+def test_static_path_equals_the_general_path(monkeypatch, T):
     """A fresh call without a mask takes the frame and the cadence from the shape (what export needs); an all-ones
     mask where its values cannot be read (as under a trace: forced here) takes them from the values: the same logits
     and state."""
     model = causal_lm().eval()
-    x = ids(T=11)
+    x = ids(T=T)
     with torch.no_grad():
         a = model(x, use_cache=True)
         monkeypatch.setattr(modeling_hope, "_reading_back_breaks", lambda t: True)
@@ -258,6 +259,16 @@ def test_static_path_equals_the_general_path(monkeypatch):
     for u, v in zip(a.past_key_values.get_state(1)["cms"], b.past_key_values.get_state(1)["cms"]):
         assert all(torch.equal(p, q) for p, q in zip(u["theta"] + u["grad"], v["theta"] + v["grad"]))
         assert torch.equal(u["commits"], v["commits"])
+    # the pending position (taught when the next call brings its next token): the same rows, every sample has one,
+    # and the static path's cache keeps copies of them, not views that would keep the last span's tensors alive
+    sa, sb = a.past_key_values.model_state, b.past_key_values.model_state
+    assert torch.equal(sa["h_pend"], sb["h_pend"]) and torch.equal(sa["pend_valid"], sb["pend_valid"])
+    assert sa["pend_valid"].all()
+    pending = [sa["h_pend"]]
+    for u, v in zip(a.past_key_values.get_state(1)["cms"], b.past_key_values.get_state(1)["cms"]):
+        assert torch.equal(u["x_pend"], v["x_pend"])
+        pending.append(u["x_pend"])
+    assert all(t.untyped_storage().nbytes() == t.nbytes for t in pending)
 
 
 def test_value_checks_still_raise_in_eager_mode():
