@@ -445,12 +445,19 @@ class LinearCrossEntropy(torch.autograd.Function):
     (a vocabulary-sized product) and dh = d W (another), or mix - W[y] when the teach signals' mix = W^T softmax is
     given ([N, D]: the product is already done). `keep`: the logits are kept for backward (as cross_entropy keeps its
     log-softmax); else none is, and backward recomputes them `chunk` rows at a time from h and W (one product more;
-    for activation checkpointing)."""
+    for activation checkpointing). Both passes go `chunk` rows at a time through one reused [chunk, vocab] buffer:
+    fresh vocabulary-sized temporaries cost page faults (the allocator maps and unmaps every large block)."""
 
     @staticmethod
     def forward(ctx, h, W, targets, logits, mix=None, keep=True, ignore_index=-100, chunk=1024):
         logits = logits.detach()
-        lse = torch.logsumexp(logits.float(), -1)
+        lse = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+        buf = logits.new_empty(min(chunk, logits.shape[0]), logits.shape[1], dtype=torch.float32)
+        for i in range(0, logits.shape[0], chunk):                   # log sum exp = m + log sum exp(z - m)
+            z = logits[i:i + chunk]
+            m = z.amax(-1, keepdim=True).float()
+            e = torch.sub(z, m, out=buf[:z.shape[0]]).exp_()
+            lse[i:i + chunk] = e.sum(-1).log_().add_(m[:, 0])
         valid = targets != ignore_index
         picked = logits.gather(-1, targets.clamp(min=0)[:, None])[:, 0].float()
         ctx.save_for_backward(h, W, targets, lse, logits if keep else None, mix)
@@ -468,16 +475,17 @@ class LinearCrossEntropy(torch.autograd.Function):
             dh = ((mix - W[y].to(mix.dtype)) * scale[:, None]).to(h.dtype)
         dW = torch.zeros(W.shape, dtype=torch.float32, device=W.device)
         Wc, Wf = W.to(h.dtype), W.float()                      # (no copies when h and W are float32)
+        buf = torch.empty(min(ctx.chunk, h.shape[0]), W.shape[0], dtype=torch.float32, device=h.device)
         for i in range(0, h.shape[0], ctx.chunk):
             rows = slice(i, i + ctx.chunk)
             hi = h[rows]
             z = logits[rows] if logits is not None else hi @ Wc.t()
-            d = torch.sub(z.float(), lse[rows, None]).exp_()      # softmax (in place: one [rows, vocab] tensor)
+            d = torch.sub(z, lse[rows, None], out=buf[:hi.shape[0]]).exp_()                 # softmax
             d.scatter_add_(1, y[rows, None], torch.full_like(d[:, :1], -1.0))       # - onehot(y)
             d.mul_(scale[rows, None])
             if mix is None:
                 dh[rows] = (d @ Wf).to(h.dtype)
-            dW += d.t() @ hi.float()
+            dW.addmm_(d.t(), hi.float())
         return dh, dW.to(W.dtype), None, None, None, None, None, None
 
 
