@@ -1,5 +1,6 @@
-"""Interleaved A/B: the model code at e9110c7 (old) vs the working tree (new), same weights, one process.
-usage: python ab_old_new.py tiny 512 rounds [blocks|eager]"""
+"""Session 28: interleaved A/B of the model code at e9110c7 (old: `git show e9110c7:hope_hf/X` for X in configuration,
+modeling, memory and cache_hope.py into /tmp/abold/hope_hf_old/, with an empty __init__.py) vs the working tree (new),
+same weights, one process. usage: PYTHONPATH=. python .exp/s28_ab_old_new.py tiny 512 15 [blocks|eager]"""
 import sys, time, statistics
 sys.path.insert(0, "/tmp/abold")
 from hope_hf.cli import tune_allocator

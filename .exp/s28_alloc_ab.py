@@ -1,4 +1,5 @@
-"""usage: python alloc_ab.py tuned|default|thp preset T [eager|blocks] [steps]"""
+"""Session 28: eager or compiled fwd+bwd time, peak RSS, CPU and page faults under the allocator the environment sets
+(MALLOC_MMAP_THRESHOLD_ etc.). usage: PYTHONPATH=. python .exp/s28_alloc_ab.py LABEL small 2048 [eager|blocks|llama] [steps]"""
 import os, sys, time, resource, statistics
 mode, preset, T = sys.argv[1], sys.argv[2], int(sys.argv[3])
 comp = sys.argv[4] if len(sys.argv) > 4 else "eager"

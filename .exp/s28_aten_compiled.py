@@ -1,4 +1,5 @@
-"""aten events of one compiled-blocks fwd+bwd of tiny, by name and by parent. usage: python aten_compiled.py tiny 512"""
+"""Session 28: aten events of one fwd+bwd (compiled blocks, or eager), by name, by non-aten ancestor and by parent.
+usage: PYTHONPATH=. python .exp/s28_aten_compiled.py tiny 512 [eager]"""
 import sys, collections, torch
 torch.set_num_threads(1)
 from benchmarks.speed import hope_preset, profiled_step

@@ -1,12 +1,13 @@
-"""LinearCrossEntropy fwd+bwd alone, committed (old) vs working tree (new), small's head, interleaved, 1 thread."""
-import sys, time, statistics, importlib.util
+"""Session 28: LinearCrossEntropy fwd+bwd alone, old (a modeling_hope.py saved as /tmp/abold/old_modeling_head.py, e.g.
+`git show 401ced4:hope_hf/modeling_hope.py`, next to an empty /tmp/abold/hope_hf_old/__init__.py) vs the working tree,
+at small's head, interleaved, 1 thread. usage: PYTHONPATH=. python .exp/s28_lce_ab.py 2048"""
+import sys, time, statistics
 from hope_hf.cli import tune_allocator
 tune_allocator()
 import torch
 torch.set_num_threads(1)
 sys.path.insert(0, "/tmp/abold")
 import hope_hf_old  # noqa
-spec = importlib.util.spec_from_file_location("hope_hf_old.old_head", "/tmp/abold/old_modeling_head.py")
 import shutil; shutil.copy("/tmp/abold/old_modeling_head.py", "/tmp/abold/hope_hf_old/old_head.py")
 from hope_hf_old.old_head import LinearCrossEntropy as Old
 from hope_hf.modeling_hope import LinearCrossEntropy as New
