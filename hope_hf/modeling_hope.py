@@ -764,11 +764,11 @@ class HopeModel(HopePreTrainedModel):
                         u_pend = u_pend * (res & tmask[:, f0:f1].gather(1, first[:, None])[:, 0])[:, None]
                         mstate["pend_valid"] = mstate["pend_valid"] & ~res
                 h = frame[:, f0:f1].contiguous()  # (laid out like the later layers' inputs: one compiled variant)
-                level_inputs = []
+                level_inputs, commit = [], commit_at(f0)              # (every layer reads the same counts)
                 for i, layer in enumerate(self.layers):
                     teach_in = self._teach(None if due is None else (due[0][i], due[1]), lstates[i], u_pend)
                     h, lstates[i], xins = self._run_layer(layer, h, lm(m), lstates[i], o + f0, reference, write,
-                                                          teach_in, commit_at(f0), active, f0 if static else None)
+                                                          teach_in, commit, active, f0 if static else None)
                     level_inputs.append(xins)
                 hs.append(h)
                 if has_cms and (write or want_logits):
