@@ -748,21 +748,20 @@ class HopeModel(HopePreTrainedModel):
                 m = fmask[:, f0:f1]
                 has = None if plain else m.any(1)
                 u_pend = None
-                if has_cms and write and plain:
-                    if f0 > 0:                                       # the previous span's last position
-                        u_pend, mix = teach_signal(mstate["h_pend"], self.norm.weight, c.rms_norm_eps, W_out,
-                                                   tgt[:, f0])
-                        mixes.append(mix[:, None])
-                elif has_cms and write:
-                    first = m.int().argmax(1)
-                    res = mstate["pend_valid"] & has
+                if has_cms and write:
+                    res = None if plain else mstate["pend_valid"] & has
                     if f0 > 0 if static else bool(res.any()):            # the pending position gets its next token
-                        u_pend, mix = teach_signal(
-                            mstate["h_pend"], self.norm.weight, c.rms_norm_eps, W_out,
-                            tgt[:, f0:f1].gather(1, first[:, None, None].expand(B, 1, c.hidden_size))[:, 0])
-                        mixes.append(mix[:, None])                  # (static: the previous span's last position)
-                        u_pend = u_pend * (res & tmask[:, f0:f1].gather(1, first[:, None])[:, 0])[:, None]
-                        mstate["pend_valid"] = mstate["pend_valid"] & ~res
+                        if plain:                            # (the previous span's last position; its target known)
+                            target, taught = tgt[:, f0], None
+                        else:
+                            first = m.int().argmax(1)
+                            target = tgt[:, f0:f1].gather(1, first[:, None, None].expand(B, 1, c.hidden_size))[:, 0]
+                            taught = res & tmask[:, f0:f1].gather(1, first[:, None])[:, 0]
+                            mstate["pend_valid"] = mstate["pend_valid"] & ~res
+                        u_pend, mix = teach_signal(mstate["h_pend"], self.norm.weight, c.rms_norm_eps, W_out, target)
+                        mixes.append(mix[:, None])
+                        if taught is not None:
+                            u_pend = u_pend * taught[:, None]
                 h = frame[:, f0:f1].contiguous()  # (laid out like the later layers' inputs: one compiled variant)
                 level_inputs, commit = [], commit_at(f0)              # (every layer reads the same counts)
                 for i, layer in enumerate(self.layers):
