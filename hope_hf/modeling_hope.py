@@ -748,20 +748,15 @@ class HopeModel(HopePreTrainedModel):
                 m = fmask[:, f0:f1]
                 has = None if plain else m.any(1)
                 u_pend = None
-                if has_cms and write:
-                    res = None if plain else mstate["pend_valid"] & has
-                    if f0 > 0 if static else bool(res.any()):            # the pending position gets its next token
-                        if plain:                            # (the previous span's last position; its target known)
-                            target, taught = tgt[:, f0], None
-                        else:
-                            first = m.int().argmax(1)
-                            target = tgt[:, f0:f1].gather(1, first[:, None, None].expand(B, 1, c.hidden_size))[:, 0]
-                            taught = res & tmask[:, f0:f1].gather(1, first[:, None])[:, 0]
-                            mstate["pend_valid"] = mstate["pend_valid"] & ~res
-                        u_pend, mix = teach_signal(mstate["h_pend"], self.norm.weight, c.rms_norm_eps, W_out, target)
-                        mixes.append(mix[:, None])
-                        if taught is not None:
-                            u_pend = u_pend * taught[:, None]
+                if has_cms and write and f0 == 0 and not static:
+                    res = mstate["pend_valid"] & has          # an earlier call's pending position gets its next token
+                    if bool(res.any()):                       # (each sample's first real column is in the first span)
+                        first = m.int().argmax(1)
+                        target = tgt[:, f0:f1].gather(1, first[:, None, None].expand(B, 1, c.hidden_size))[:, 0]
+                        taught = res & tmask[:, f0:f1].gather(1, first[:, None])[:, 0]
+                        mstate["pend_valid"] = mstate["pend_valid"] & ~res
+                        u_pend = teach_signal(mstate["h_pend"], self.norm.weight, c.rms_norm_eps, W_out, target)[0]
+                        u_pend = u_pend * taught[:, None]
                 h = frame[:, f0:f1].contiguous()  # (laid out like the later layers' inputs: one compiled variant)
                 level_inputs, commit = [], commit_at(f0)              # (every layer reads the same counts)
                 for i, layer in enumerate(self.layers):
@@ -776,15 +771,18 @@ class HopeModel(HopePreTrainedModel):
                     if want_logits:
                         lgs.append(logits)
                 if has_cms and write:
-                    both = m[:, :-1] & tmask[:, f0 + 1:f1]
-                    u, mix = teach_signal(h[:, :-1], self.norm.weight, c.rms_norm_eps, W_out, tgt[:, f0 + 1:f1],
-                                          logits[:, :-1])
-                    u = u if plain else u * both[..., None]
+                    # every column whose next token is in this call is taught now; the call's last column stays
+                    # pending (taught when the next call brings its token)
+                    n = f1 - f0 - (f1 == F_len)
+                    u, mix = teach_signal(h[:, :n], self.norm.weight, c.rms_norm_eps, W_out, tgt[:, f0 + 1:f0 + 1 + n],
+                                          logits[:, :n])
+                    u = u if plain else u * (m[:, :n] & tmask[:, f0 + 1:f0 + 1 + n])[..., None]
                     mixes.append(mix)
-                    u = F.pad(u, (0, 0, 0, 1))
+                    u = F.pad(u, (0, 0, 0, f1 - f0 - n))
                     due = (level_inputs, u)
                     if replay:                               # (replay runs without a graph: never checkpointed)
                         teach.append((u_pend, u))
+                    # each sample's last real column so far: the call's last one stays pending
                     if plain:                                # (pend_valid is not read: set at the end)
                         mstate["h_pend"] = h[:, -1]
                     else:
@@ -909,12 +907,13 @@ class HopeModel(HopePreTrainedModel):
         return t.gather(1, last[:, None, None].expand(t.shape[0], 1, t.shape[-1]))[:, 0]
 
     def _set_pending(self, lstates, level_inputs, m):
-        """Keep each CMS level's input at the span's last real position (taught when the next token arrives); m=None:
-        every position is real (the last column)."""
+        """Keep each CMS level's input at the span's last real column (taught when the next token arrives, if it is not
+        in this call); m=None: every position is real (the last column)."""
         has = None if m is None else m.any(1)[:, None]
         for st, xins in zip(lstates, level_inputs):
             for lv, xin in zip(st["cms"], xins):
                 lv["x_pend"] = xin[:, -1] if m is None else torch.where(has, self._pick_last(m, xin), lv["x_pend"])
+
 
 class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
