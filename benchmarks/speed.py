@@ -38,7 +38,7 @@ from benchmarks.common import (
     write_results,
 )
 from hope_hf import HopeConfig, HopeForCausalLM
-from hope_hf.cli import ALLOCATOR_ENV, tune_allocator
+from hope_hf.cli import ALLOCATOR_ENV, LEAN_MMAP_THRESHOLD, set_malloc, tune_allocator
 
 VOCAB = {"tiny": 2048, "small": 32000}
 # (preset, length) pairs left out of the default CPU run, with the reason recorded in the JSON
@@ -213,6 +213,20 @@ def peak_rss_bytes(fn):
     return None if before is None or peak is None else 1024 * (peak - before)
 
 
+@contextlib.contextmanager
+def malloc_for(model):
+    """glibc's mmap threshold as `hope-hf train` sets it for `model`: 256 KiB with activation checkpointing (memory
+    first), else the environment's (`ALLOCATOR_ENV`, README "Allocator")."""
+    lean = getattr(getattr(model, "model", None), "blocks_checkpointed", False)
+    if lean:
+        set_malloc(LEAN_MMAP_THRESHOLD)
+    try:
+        yield
+    finally:
+        if lean:
+            set_malloc(int(os.environ.get("MALLOC_MMAP_THRESHOLD_", ALLOCATOR_ENV["MALLOC_MMAP_THRESHOLD_"])))
+
+
 def _memory_child(build, seq_len, batch_size, queue):
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -223,7 +237,8 @@ def _memory_child(build, seq_len, batch_size, queue):
     def step():
         saved.append(saved_for_backward_bytes(lambda: loss().backward(), list(model.parameters())))
 
-    rss = peak_rss_bytes(step)
+    with malloc_for(model):
+        rss = peak_rss_bytes(step)
     queue.put((saved[0], rss))
 
 
@@ -595,8 +610,9 @@ def run(presets=("tiny", "small"), lengths=(512, 2048, 8192), ref_len=1024, iter
                     cfg = model.config
                     # no FlopCounterMode around checkpointed steps: under it small at 2048 tokens peaked at 12.4 GiB
                     # RSS instead of 2.3; their FLOPs are eager Hope's (model FLOPs: recomputation not counted)
-                    r = train_throughput(model, seq_len, batch_size, iters, budget_s, device, autocast_dtype,
-                                         flops=key != "hope_ckpt")
+                    with malloc_for(model):
+                        r = train_throughput(model, seq_len, batch_size, iters, budget_s, device, autocast_dtype,
+                                             flops=key != "hope_ckpt")
                     if key == "hope_ckpt" and "hope" in row:
                         r["flops_per_step"] = row["hope"]["flops_per_step"]
                         r["achieved_flops_per_s"] = r["flops_per_step"] / r["median_s"]
@@ -639,7 +655,8 @@ def run(presets=("tiny", "small"), lengths=(512, 2048, 8192), ref_len=1024, iter
                             "warmup": "one untimed fwd+bwd per model and length, under FlopCounterMode",
                             "background_process": background, "compiled": "compile_blocks",
                             "allocator": {k: os.environ.get(k) for k in ALLOCATOR_ENV},
-                            "memory_child_allocator": {k: os.environ.get(k, v) for k, v in ALLOCATOR_ENV.items()}},
+                            "memory_child_allocator": {k: os.environ.get(k, v) for k, v in ALLOCATOR_ENV.items()},
+                            "checkpointed_mmap_threshold": LEAN_MMAP_THRESHOLD},
                "targets": {"hope_over_llama_tokens_per_s_at_2048": 0.8, "hope_over_llama_tokens_per_s_at_8192": 1.0,
                            "tiny_hope_over_llama_tokens_per_s": 0.5, "tiny_aten_calls_per_token": 20,
                            "fraction_of_matmul_peak": 0.4, "fast_over_reference_speedup_at_1024": 10.0,

@@ -201,28 +201,33 @@ libc = ctypes.CDLL(None)
 libc.mallinfo2.restype = MallInfo2
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
-if sys.argv[1] == "tuned":
-    assert hope_hf_cli._load_cli().tune_allocator()
-libc.free(libc.malloc(4 << 20))       # under glibc's defaults, freeing a mapped 4 MiB block raises the threshold to it
-before = libc.mallinfo2().hblks
-p = libc.malloc(300 << 10)
-print(libc.mallinfo2().hblks - before, os.environ.get("MALLOC_MMAP_THRESHOLD_"), os.environ.get("THP_MEM_ALLOC_ENABLE"))
-libc.free(p)
+if sys.argv[1] != "default":
+    assert hope_hf_cli._load_cli().tune_allocator(lean=sys.argv[1] == "lean")
+libc.free(libc.malloc(16 << 20))      # under glibc's defaults, freeing a mapped 16 MiB block raises the threshold to it
+mapped = []
+for size in (5 << 20, 300 << 10):
+    before = libc.mallinfo2().hblks
+    p = libc.malloc(size)
+    mapped.append(str(libc.mallinfo2().hblks - before))
+    libc.free(p)
+print(*mapped, os.environ.get("MALLOC_MMAP_THRESHOLD_"), os.environ.get("THP_MEM_ALLOC_ENABLE"))
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
-def test_tune_allocator_maps_blocks_of_256_kib_and_up(tmp_path):
-    """After `tune_allocator` (what `hope-hf` does before importing torch) a 300 KiB block is mapped on its own even
-    after a 4 MiB block was freed; under glibc's default dynamic threshold it comes from the heap. The settings are in
-    the environment for the processes it starts (accelerate's workers)."""
+def test_tune_allocator_maps_blocks_of_4_mib_and_up_or_256_kib_when_lean(tmp_path):
+    """After `tune_allocator` (what `hope-hf` does before importing torch) a 5 MiB block is mapped on its own even
+    after a 16 MiB block was freed, and with `lean` (activation checkpointing) a 300 KiB one too; under glibc's default
+    dynamic threshold both come from the heap. The settings are in the environment for the processes it starts
+    (accelerate's workers)."""
     env = {k: v for k, v in os.environ.items() if k not in cli.ALLOCATOR_ENV}
     env["PYTHONPATH"] = str(REPO)
     out = {}
-    for mode in ("default", "tuned"):
+    for mode in ("default", "tuned", "lean"):
         r = subprocess.run([sys.executable, "-c", ALLOCATOR_PROBE, mode], cwd=tmp_path, env=env, capture_output=True,
                            text=True, timeout=60)
         assert r.returncode == 0, r.stderr
         out[mode] = r.stdout.split()
-    assert out["default"] == ["0", "None", "None"]
-    assert out["tuned"] == ["1", "262144", "1"]
+    assert out["default"] == ["0", "0", "None", "None"]
+    assert out["tuned"] == ["1", "0", "4194304", "1"]
+    assert out["lean"] == ["1", "1", "262144", "1"]
