@@ -111,11 +111,14 @@ def targets(results: Path = RESULTS) -> list[str]:
                              f"{eager:.0f}" + (f" ({compiled:.1f} compiled)" if compiled is not None else ""),
                              f"<= {t['tiny_aten_calls_per_token']}",    # met by either, as tokens/s
                              _verdict(min(eager, compiled or eager), t["tiny_aten_calls_per_token"], False)))
-        best = max(speed["throughput"], key=lambda r: r["hope"]["fraction_of_matmul_peak"], default=None)
-        if best is not None:
+        fraction = lambda r, key="hope": r.get(key, {}).get("fraction_of_matmul_peak", 0)  # noqa: E731
+        best = max(speed["throughput"], key=lambda r: max(fraction(r), fraction(r, "hope_compiled")), default=None)
+        if best is not None:                                          # met by eager or compiled, as tokens/s
+            eager, compiled = fraction(best), best.get("hope_compiled", {}).get("fraction_of_matmul_peak")
             rows.append((f"Hope FLOP/s / measured matmul peak (best: {best['preset']} @ {best['seq_len_tokens']})",
-                         f"{best['hope']['fraction_of_matmul_peak']:.1%}", f">= {t['fraction_of_matmul_peak']:.0%}",
-                         _verdict(best["hope"]["fraction_of_matmul_peak"], t["fraction_of_matmul_peak"], True)))
+                         f"{eager:.1%}" + (f" ({compiled:.1%} compiled)" if compiled is not None else ""),
+                         f">= {t['fraction_of_matmul_peak']:.0%}",
+                         _verdict(max(eager, compiled or 0), t["fraction_of_matmul_peak"], True)))
         for r in speed["throughput"] + speed.get("checkpointed_only", []):
             ratio = r.get("hope_ckpt_over_llama_saved_activations")
             if ratio is not None and "hope_over_llama_saved_activations" in t:

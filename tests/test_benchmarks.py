@@ -293,3 +293,29 @@ def test_targets_table_judges_aten_calls_of_eager_or_compiled_tiny(tmp_path):
     assert ("| aten calls per token of a training step, Hope tiny @ 2048 | 113 (21.0 compiled) | <= 20 | **not met** |"
             in lines)
     assert "| aten calls per token of a training step, Hope tiny @ 64 | 19 | <= 20 | met |" in lines
+
+
+def test_targets_table_judges_flops_of_eager_or_compiled_hope(tmp_path):
+    """The FLOP/s target (>= 40% of the matmul peak) shows the best case's eager and compiled fractions and is met by
+    either, as the tokens/s and aten-calls rows are."""
+    import json
+
+    from benchmarks import readme
+
+    def row(T, eager, compiled):
+        return {"preset": "small", "seq_len_tokens": T, "hope": {"fraction_of_matmul_peak": eager},
+                "hope_over_llama_tokens_per_s": 0.5,
+                **({"hope_compiled": {"fraction_of_matmul_peak": compiled}} if compiled is not None else {})}
+
+    def verdict(*rows):
+        (tmp_path / "speed.json").write_text(json.dumps({"targets": {"fraction_of_matmul_peak": 0.4,
+                                                                     "hope_over_llama_tokens_per_s_at_2048": 0.8},
+                                                         "throughput": list(rows)}))
+        return [line for line in readme.targets(tmp_path) if "matmul peak" in line]
+
+    assert verdict(row(512, 0.378, 0.51), row(2048, 0.371, 0.435)) == [
+        "| Hope FLOP/s / measured matmul peak (best: small @ 512) | 37.8% (51.0% compiled) | >= 40% | met |"]
+    assert verdict(row(512, 0.38, 0.39), row(2048, 0.37, None)) == [
+        "| Hope FLOP/s / measured matmul peak (best: small @ 512) | 38.0% (39.0% compiled) | >= 40% | **not met** |"]
+    assert verdict(row(512, 0.42, None)) == [
+        "| Hope FLOP/s / measured matmul peak (best: small @ 512) | 42.0% | >= 40% | met |"]
