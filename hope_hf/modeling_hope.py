@@ -889,16 +889,13 @@ class HopeModel(HopePreTrainedModel):
 
     @staticmethod
     def _teach(due, layer_state, u_pend):
-        """What a layer's CMS levels learn as a span starts (`HopeBlock.forward`'s teach): the last span's positions
-        `due` = (level inputs, u), and each sample's pending last position (x_pend, u_pend), both optional; in one
-        (level inputs, u) pair along time, or None."""
-        pieces = [] if due is None else [due]
-        if u_pend is not None:
-            pieces.append(([lv["x_pend"][:, None] for lv in layer_state["cms"]], u_pend[:, None]))
-        if len(pieces) < 2:
-            return pieces[0] if pieces else None
-        (x1, u1), (x2, u2) = pieces
-        return [torch.cat(pair, 1) for pair in zip(x1, x2)], torch.cat((u1, u2), 1)
+        """What a layer's CMS levels learn as a span starts (`HopeBlock.forward`'s teach), as (level inputs, u) along
+        time, or None: the last span's positions `due`, or at a call's first span (where nothing is due yet) each
+        sample's pending position from the call before, (x_pend, u_pend)."""
+        if u_pend is None:
+            return due
+        assert due is None, "a pending position is taught only at a call's first span"
+        return [lv["x_pend"][:, None] for lv in layer_state["cms"]], u_pend[:, None]
 
     @staticmethod
     def _pick_last(m, t):
