@@ -405,6 +405,23 @@ def test_training_loss_equals_the_standard_loss(tie, padded, checkpointed):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("mix,keep", [(True, True), (False, True), (True, False)])
+def test_training_loss_backward_counts_its_vocabulary_products(mix, keep):
+    """LinearCrossEntropy's backward does dW = d^T h (and d W without the teach signals' mix, and the logits again
+    without kept ones): FlopCounterMode, which benchmarks.speed's FLOP/s rests on, must count each of them (an
+    in-place `addmm_` escapes it)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    N, D, V = 10, 8, 30
+    h, W = torch.randn(N, D, requires_grad=True), torch.randn(V, D, requires_grad=True)
+    logits = h.detach() @ W.detach().t()
+    m = torch.softmax(logits, -1) @ W.detach() if mix else None
+    loss = modeling_hope.LinearCrossEntropy.apply(h, W, torch.randint(V, (N,)), logits, m, keep, -100, 4)
+    with FlopCounterMode(display=False) as counter:
+        loss.backward()
+    assert counter.get_total_flops() == 2 * N * D * V * (1 + (not mix) + (not keep))
+
+
 def test_logits_mix_is_the_softmax_mix_of_every_position(monkeypatch):
     """The training loss's input gradient reads `logits_mix` (W^T softmax(logits), gathered from the teach signals of
     the span loop, the last position added): it must be that mix at every position, in order, also with an all-ones
