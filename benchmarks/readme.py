@@ -100,9 +100,11 @@ def targets(results: Path = RESULTS) -> list[str]:
         for r in speed.get("checkpointed_only", []):                 # eager Hope did not fit: checkpointed only
             if r["seq_len_tokens"] == 8192 and "hope_ckpt_over_llama_tokens_per_s" in r:
                 goal = t["hope_over_llama_tokens_per_s_at_8192"]
+                eager = r["hope_ckpt_over_llama_tokens_per_s"]
+                compiled = r.get("hope_ckpt_compiled_over_llama_tokens_per_s")
                 rows.append((f"training tok/s Hope (checkpointed) / Llama, {r['preset']} @ 8192",
-                             f"{r['hope_ckpt_over_llama_tokens_per_s']:.3f}x", f"> {goal}",
-                             "met" if r["hope_ckpt_over_llama_tokens_per_s"] > goal else "**not met**"))
+                             f"{eager:.3f}x" + (f" ({compiled:.3f}x compiled)" if compiled is not None else ""),
+                             f"> {goal}", "met" if max(eager, compiled or 0) > goal else "**not met**"))
         for r in speed["throughput"]:
             if r["preset"] == "tiny" and "aten_calls_per_token" in r["hope"] and "tiny_aten_calls_per_token" in t:
                 eager = r["hope"]["aten_calls_per_token"]

@@ -153,22 +153,33 @@ def test_speed_benchmark_under_contention(tmp_path):
 
 
 def test_speed_benchmark_measures_checkpointed_hope_where_eager_does_not_fit(tmp_path):
-    """A case in `skip` (eager Hope does not fit) still measures Llama and checkpointed Hope, side by side."""
+    """A case in `skip` (eager Hope does not fit) still measures Llama and checkpointed Hope, side by side, eager and
+    with compiled blocks (`hope-hf train --compile --gradient-checkpointing`)."""
     from benchmarks import readme
 
     results = speed.run(presets=("tiny",), lengths=(64,), iters=1, budget_s=1.0, out=tmp_path, reference=False,
-                        compiled=False, skip={("tiny", 64): ("does not fit", True)})
+                        skip={("tiny", 64): ("does not fit", True)})
     assert results["throughput"] == [] and len(results["checkpointed_only"]) == 1
     row = results["checkpointed_only"][0]
     assert "hope" not in row and row["hope_ckpt"]["tokens_per_s"] > 0 and row["llama"]["tokens_per_s"] > 0
+    assert "hope_compiled" not in row
+    c = row["hope_ckpt_compiled"]
+    assert c["first_call_s"] > 0 and c["tokens_per_s"] == 64 / c["median_s"]
+    assert row["hope_ckpt_compiled_over_llama_tokens_per_s"] == c["tokens_per_s"] / row["llama"]["tokens_per_s"]
     assert row["hope_ckpt_over_llama_saved_activations"] > 0
     text = speed.markdown(results)
     assert "| tiny | 64 |" in text
+    assert f"| {c['tokens_per_s']:,.0f} / {row['hope_ckpt_compiled_over_llama_tokens_per_s']:.3f}x (" in text
     assert "(does not fit); measured there: Llama and Hope with activation checkpointing only" in text
     assert any("saved activations Hope (checkpointed) / Llama, tiny @ 64" in line for line in readme.targets(tmp_path))
     row["seq_len_tokens"], row["hope_ckpt_over_llama_tokens_per_s"] = 8192, 0.25       # as if measured at 8192
+    row["hope_ckpt_compiled_over_llama_tokens_per_s"] = 0.5
     (tmp_path / "speed.json").write_text(json.dumps(results))
-    assert ("| training tok/s Hope (checkpointed) / Llama, tiny @ 8192 | 0.250x | > 1.0 | **not met** |"
+    assert ("| training tok/s Hope (checkpointed) / Llama, tiny @ 8192 | 0.250x (0.500x compiled) | > 1.0 "
+            "| **not met** |" in readme.targets(tmp_path))
+    row["hope_ckpt_compiled_over_llama_tokens_per_s"] = 1.01                           # met by the compiled blocks
+    (tmp_path / "speed.json").write_text(json.dumps(results))
+    assert ("| training tok/s Hope (checkpointed) / Llama, tiny @ 8192 | 0.250x (1.010x compiled) | > 1.0 | met |"
             in readme.targets(tmp_path))
 
 

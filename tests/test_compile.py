@@ -67,6 +67,36 @@ def test_compiled_regions_train_like_eager(regions):
     torch._dynamo.reset()
 
 
+@pytest.mark.slow
+def test_compiled_blocks_train_like_eager_under_activation_checkpointing():
+    """`hope-hf train --compile --gradient-checkpointing`: the compiled blocks run inside the per-block checkpoints and
+    the span-group checkpoints around them (four spans: two groups of two), and give eager's loss and gradients.
+    Dynamo and AOTAutograd (`aot_eager`: what traces and partitions the blocks under the checkpoints' saved-tensor
+    hooks); inductor's kernels are checked without checkpointing above (cold, they take minutes to compile here)."""
+    model, _ = _model_and_batch()
+    ids = torch.randint(3, 64, (2, 64))
+    model.zero_grad(set_to_none=True)
+    eager = model(input_ids=ids, labels=ids, use_cache=False).loss
+    eager.backward()
+    eager_grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    model.activation_checkpointing_enable()
+    model.compile_blocks(backend="aot_eager")
+    model.zero_grad(set_to_none=True)
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+        compiled = model(input_ids=ids, labels=ids, use_cache=False).loss
+        compiled.backward()
+    assert model.model.checkpoint_span_groups and model.model.blocks_checkpointed
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0
+    assert abs(compiled.item() - eager.item()) <= 1e-5
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert len(grads) == len(eager_grads)
+    for a, b in zip(eager_grads, grads):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    torch._dynamo.reset()
+
+
 class HostReads(torch.utils._python_dispatch.TorchDispatchMode):
     """Records the operators that bring a tensor's value to the host (a Python number or bool, or an output whose
     shape depends on the values): each would be a device synchronisation, which a CUDA graph capture forbids."""
