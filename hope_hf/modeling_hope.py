@@ -354,7 +354,8 @@ class HopePreTrainedModel(PreTrainedModel):
         a sequence needs a few variants of them (the spans before the first CMS gradient sums and commits, the spans
         that commit, a carried state), more than dynamo's default per-function recompile limit: the blocks run
         with that limit raised to `recompile_limit`. The span loop, teach signals and LM head stay eager. Measured
-        (`benchmarks.speed`): 1.6-1.8x eager for `tiny`, where `compile_memories` gives 1.3-1.5x."""
+        (`benchmarks.speed`, session 30): 1.0 / 1.9 / 2.1x eager for `tiny` at 512 / 2,048 / 8,192 tokens, where
+        `compile_memories` gave 1.3-1.5x. It also runs under activation checkpointing (`tests/test_compile.py`)."""
         for module in self.modules():
             if isinstance(module, HopeBlock):
                 module.compile(**compile_kwargs)
