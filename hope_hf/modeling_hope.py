@@ -480,8 +480,14 @@ class LinearCrossEntropy(torch.autograd.Function):
         for i in range(0, h.shape[0], ctx.chunk):
             rows = slice(i, i + ctx.chunk)
             hi = h[rows]
-            z = logits[rows] if logits is not None else hi @ Wc.t()
-            d = torch.sub(z, lse[rows, None], out=buf[:hi.shape[0]]).exp_()                 # softmax
+            b = buf[:hi.shape[0]]
+            if logits is not None:
+                d = torch.sub(logits[rows], lse[rows, None], out=b)
+            elif hi.dtype == torch.float32:                             # recomputed straight into the buffer
+                d = torch.mm(hi, Wc.t(), out=b).sub_(lse[rows, None])
+            else:
+                d = torch.sub(hi @ Wc.t(), lse[rows, None], out=b)
+            d.exp_()                                                                   # softmax
             d.scatter_add_(1, y[rows, None], torch.full_like(d[:, :1], -1.0))       # - onehot(y)
             d.mul_(scale[rows, None])
             if mix is None:

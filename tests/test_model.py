@@ -422,6 +422,25 @@ def test_training_loss_backward_counts_its_vocabulary_products(mix, keep):
     assert counter.get_total_flops() == 2 * N * D * V * (1 + (not mix) + (not keep))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_training_loss_recomputes_the_logits_it_did_not_keep(dtype):
+    """Without kept logits (activation checkpointing) LinearCrossEntropy's backward recomputes them `chunk` rows at a
+    time (float32: straight into its buffer; bf16: h W^T in h's dtype, then into the buffer), the last chunk
+    partial: the gradients equal those from kept logits (to the dtype's rounding: a 4-row product may round unlike
+    the 10-row one)."""
+    N, D, V = 10, 8, 30
+    h, W = torch.randn(N, D, dtype=dtype, requires_grad=True), torch.randn(V, D, dtype=dtype, requires_grad=True)
+    logits = h.detach() @ W.detach().t()
+    y = torch.randint(V, (N,))
+    grads = []
+    for keep in (True, False):
+        h.grad = W.grad = None
+        modeling_hope.LinearCrossEntropy.apply(h, W, y, logits, None, keep, -100, 4).backward()
+        grads.append((h.grad.clone(), W.grad.clone()))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a)
+
+
 def test_logits_mix_is_the_softmax_mix_of_every_position(monkeypatch):
     """The training loss's input gradient reads `logits_mix` (W^T softmax(logits), gathered from the teach signals of
     the span loop, the last position added): it must be that mix at every position, in order, also with an all-ones
